@@ -1,0 +1,49 @@
+# nano: one binary from C11 host code and one CUDA file.
+#   make            build ./nano (release)
+#   make test       CPU test suite, run against the release and the ASan+UBSan builds
+#   make CUARCH=90a build GPU code for one architecture only (faster builds on the GPU machine)
+
+CUDA_HOME ?= /usr/local/cuda
+NVCC      ?= $(shell command -v nvcc 2>/dev/null || echo $(CUDA_HOME)/bin/nvcc)
+CC        ?= cc
+CUARCH    ?= 80 86 89 90a
+
+WARN      = -Wall -Wextra -Wshadow -Wstrict-prototypes -Wvla -Werror
+CFLAGS   ?= -O2
+CFLAGS   += -std=c11 -D_GNU_SOURCE -I/usr/include/stb $(WARN) -MMD -MP
+NVFLAGS   = -O2 -std=c++17 -Xcompiler -Wall,-Wextra,-Werror $(foreach a,$(CUARCH),-gencode arch=compute_$(a),code=sm_$(a))
+LDLIBS    = -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcublas -lcudart_static -ldl -lpthread -lrt -lstdc++ -lm
+SAN       = -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer -g
+
+HOST_SRC  = nano.c model.c json.c ref.c tokenizer.c
+LIB_SRC   = model.c json.c ref.c tokenizer.c   # everything but main(), for the tests
+
+.PHONY: all test clean
+all: nano
+
+build/%.o: %.c | build
+	$(CC) $(CFLAGS) -c $< -o $@
+build/san/%.o: %.c | build
+	$(CC) $(CFLAGS) $(SAN) -c $< -o $@
+build/kernels.o: kernels.cu nano.h | build
+	$(NVCC) $(NVFLAGS) -c $< -o $@
+build:
+	mkdir -p build/san
+
+nano: $(HOST_SRC:%.c=build/%.o) build/kernels.o
+	$(CC) $^ -o $@ $(LDLIBS)
+build/san/nano: $(HOST_SRC:%.c=build/san/%.o) build/kernels.o
+	$(CC) $(SAN) $^ -o $@ $(LDLIBS)
+build/san/test_nano: build/san/tests/test_nano.o $(LIB_SRC:%.c=build/san/%.o) build/kernels.o
+	$(CC) $(SAN) $^ -o $@ $(LDLIBS)
+build/san/tests/%.o: tests/%.c | build
+	@mkdir -p build/san/tests
+	$(CC) $(CFLAGS) $(SAN) -I. -c $< -o $@
+
+test: nano build/san/nano build/san/test_nano
+	ASAN_OPTIONS=detect_leaks=1:protect_shadow_gap=0 build/san/test_nano ./nano build/san/nano
+
+clean:
+	rm -rf build nano
+
+-include $(wildcard build/*.d build/san/*.d build/san/tests/*.d)

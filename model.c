@@ -1,0 +1,630 @@
+// Loading a Hugging Face checkpoint directory: config.json -> Config, safetensors (one file or
+// shards + index) memory-mapped -> tensors bound by name, dtype and shape into Model.
+#include <errno.h>
+#include <fcntl.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#define STB_DS_IMPLEMENTATION
+#include <stb_ds.h>
+
+#include "nano.h"
+
+// ---------------------------------------------------------------------------------------------
+// Errors, memory, files
+
+void fatal(const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    fputs("nano: ", stderr);
+    vfprintf(stderr, fmt, ap);
+    fputc('\n', stderr);
+    va_end(ap);
+    exit(1);
+}
+
+void *xmalloc(size_t n) {
+    void *p = malloc(n ? n : 1);
+    if (!p) fatal("out of memory allocating %zu bytes", n);
+    return p;
+}
+
+void *xcalloc(size_t count, size_t size) {
+    void *p = calloc(count ? count : 1, size ? size : 1);
+    if (!p) fatal("out of memory allocating %zu x %zu bytes", count, size);
+    return p;
+}
+
+#define MAX_JSON_FILE (64u << 20)  // config and index files are kilobytes; refuse anything absurd
+
+char *read_file(const char *path, size_t *len) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return NULL;
+    struct stat sb;
+    int bad = fstat(fileno(f), &sb) != 0 ? EIO : S_ISDIR(sb.st_mode) ? EISDIR : !S_ISREG(sb.st_mode) ? EINVAL
+              : (size_t)sb.st_size > MAX_JSON_FILE ? EFBIG : 0;
+    if (bad) {
+        fclose(f);
+        errno = bad;
+        return NULL;
+    }
+    char *buf = xmalloc((size_t)sb.st_size + 1);
+    size_t n = fread(buf, 1, (size_t)sb.st_size, f);
+    fclose(f);
+    buf[n] = 0;
+    *len = n;
+    return buf;
+}
+
+static char *path_join(const char *dir, const char *name) {
+    size_t n = strlen(dir) + strlen(name) + 2;
+    char *p = xmalloc(n);
+    snprintf(p, n, "%s/%s", dir, name);
+    return p;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Number formats
+
+float bf16_to_f32(uint16_t h) {
+    uint32_t u = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+uint16_t f32_to_bf16(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    if ((u & 0x7FFFFFFFu) > 0x7F800000u) return (uint16_t)((u >> 16) | 0x40);  // quiet NaN
+    u += 0x7FFFu + ((u >> 16) & 1);  // round to nearest, ties to even
+    return (uint16_t)(u >> 16);
+}
+
+float f16_to_f32(uint16_t h) {
+    uint32_t sign = (uint32_t)(h >> 15) << 31, exp = (h >> 10) & 0x1F, man = h & 0x3FF, u;
+    if (exp == 0x1F) u = sign | 0x7F800000u | (man << 13);  // inf / NaN
+    else if (exp) u = sign | ((exp + 112) << 23) | (man << 13);
+    else if (!man) u = sign;
+    else {  // subnormal: normalize
+        int e = -1;
+        do { man <<= 1; e++; } while (!(man & 0x400));
+        u = sign | ((uint32_t)(112 - e) << 23) | ((man & 0x3FF) << 13);
+    }
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+float tensor_get(const Tensor *t, size_t i) {
+    const uint8_t *p = (const uint8_t *)t->data;
+    uint16_t h;
+    float f;
+    switch (t->dtype) {
+    case DT_F32: memcpy(&f, p + 4 * i, 4); return f;
+    case DT_BF16: memcpy(&h, p + 2 * i, 2); return bf16_to_f32(h);
+    case DT_F16: memcpy(&h, p + 2 * i, 2); return f16_to_f32(h);
+    default: return NAN;
+    }
+}
+
+// memcpy keeps unaligned tensors (safetensors does not promise alignment) well defined.
+void tensor_row(const Tensor *t, int64_t row, float *out) {
+    size_t n = (size_t)t->cols, base = (size_t)row * n;
+    const uint8_t *p = (const uint8_t *)t->data;
+    if (t->dtype == DT_F32) {
+        memcpy(out, p + 4 * base, 4 * n);
+        return;
+    }
+    p += 2 * base;
+    for (size_t i = 0; i < n; i++) {
+        uint16_t h;
+        memcpy(&h, p + 2 * i, 2);
+        out[i] = t->dtype == DT_BF16 ? bf16_to_f32(h) : f16_to_f32(h);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// safetensors
+
+#define ST_MAX_HEADER 100000000u  // the format's own limit
+#define ST_MAX_TENSORS 1000000
+
+static const struct { const char *name; int size; DType dtype; } st_dtypes[] = {
+    {"F32", 4, DT_F32},      {"F16", 2, DT_F16},      {"BF16", 2, DT_BF16},    {"F64", 8, DT_OTHER},
+    {"I64", 8, DT_OTHER},    {"U64", 8, DT_OTHER},    {"I32", 4, DT_OTHER},    {"U32", 4, DT_OTHER},
+    {"I16", 2, DT_OTHER},    {"U16", 2, DT_OTHER},    {"I8", 1, DT_OTHER},     {"U8", 1, DT_OTHER},
+    {"BOOL", 1, DT_OTHER},   {"F8_E4M3", 1, DT_OTHER}, {"F8_E5M2", 1, DT_OTHER}, {"F8_E8M0", 1, DT_OTHER},
+    {"F8_E4M3FNUZ", 1, DT_OTHER}, {"F8_E5M2FNUZ", 1, DT_OTHER}, {"C64", 8, DT_OTHER},
+    // sub-byte formats: size 0 marks "known but not byte-sized"; their byte length is not checked
+    {"F4", 0, DT_OTHER},     {"F6_E2M3", 0, DT_OTHER}, {"F6_E3M2", 0, DT_OTHER},
+};
+
+static int cmp_by_offset(const void *a, const void *b) {
+    const TensorEntry *x = a, *y = b;
+    return x->data < y->data ? -1 : x->data > y->data ? 1 : (x->nbytes > y->nbytes) - (x->nbytes < y->nbytes);
+}
+
+// A non-negative integer JSON value that fits in 2^53; -1 otherwise.
+static int64_t json_index(const JsonNode *n) {
+    if (!n || n->type != JSON_NUMBER || !n->is_integer || n->num < 0 || n->num > 9007199254740992.0) return -1;
+    return (int64_t)n->num;
+}
+
+static int st_fail(char *err, size_t errlen, const char *fmt, ...) NANO_PRINTF(3, 4);
+static int st_fail(char *err, size_t errlen, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err, errlen, fmt, ap);
+    va_end(ap);
+    return -1;
+}
+
+int st_parse(SafeTensors *st, const uint8_t *buf, size_t size, const char *path, char *err, size_t errlen) {
+    if (size < 8) return st_fail(err, errlen, "%s: file is %zu bytes, too short for a safetensors header", path, size);
+    uint64_t hlen = 0;
+    for (int i = 7; i >= 0; i--) hlen = hlen << 8 | buf[i];
+    if (hlen > ST_MAX_HEADER)
+        return st_fail(err, errlen, "%s: header length %llu exceeds the format's limit of %u bytes", path,
+                       (unsigned long long)hlen, ST_MAX_HEADER);
+    if (hlen > size - 8)
+        return st_fail(err, errlen, "%s: header length %llu reaches beyond the end of the file (%zu bytes)", path,
+                       (unsigned long long)hlen, size);
+    if (json_parse(&st->header, (const char *)buf + 8, (size_t)hlen))
+        return st_fail(err, errlen, "%s: bad JSON header: %s", path, st->header.err);
+    const JsonNode *root = json_root(&st->header);
+    if (root->type != JSON_OBJECT) return st_fail(err, errlen, "%s: header is not a JSON object", path);
+    if (root->count > ST_MAX_TENSORS) return st_fail(err, errlen, "%s: more than %d tensors", path, ST_MAX_TENSORS);
+
+    const uint8_t *data = buf + 8 + hlen;
+    size_t data_size = size - 8 - (size_t)hlen;
+    st->tensors = xcalloc((size_t)root->count, sizeof *st->tensors);
+    st->n_tensors = 0;
+    struct { char *key; int value; } *seen = NULL;
+    sh_new_arena(seen);
+    int rc = -1;
+    for (const JsonNode *n = json_first(&st->header, root); n; n = json_next(&st->header, n)) {
+        if (strcmp(n->key, "__metadata__") == 0) {
+            if (n->type != JSON_OBJECT) { st_fail(err, errlen, "%s: __metadata__ is not an object", path); goto done; }
+            continue;
+        }
+        if (shgeti(seen, n->key) >= 0) { st_fail(err, errlen, "%s: tensor '%s' appears twice", path, n->key); goto done; }
+        shput(seen, n->key, 1);
+        TensorEntry *t = &st->tensors[st->n_tensors];
+        t->name = n->key;
+        const JsonNode *dt = json_get(&st->header, n, "dtype"), *shape = json_get(&st->header, n, "shape"),
+                       *offs = json_get(&st->header, n, "data_offsets");
+        if (n->type != JSON_OBJECT || !dt || dt->type != JSON_STRING || !shape || shape->type != JSON_ARRAY || !offs ||
+            offs->type != JSON_ARRAY || offs->count != 2) {
+            st_fail(err, errlen, "%s: tensor '%s': expected {\"dtype\": string, \"shape\": [..], \"data_offsets\": [begin, end]}",
+                    path, n->key);
+            goto done;
+        }
+        int elsize = -1;
+        for (size_t k = 0; k < sizeof st_dtypes / sizeof st_dtypes[0]; k++)
+            if (strcmp(dt->str, st_dtypes[k].name) == 0) {
+                elsize = st_dtypes[k].size;
+                t->dtype = st_dtypes[k].dtype;
+                t->dtype_name = st_dtypes[k].name;
+            }
+        if (elsize < 0) { st_fail(err, errlen, "%s: tensor '%s' has unknown dtype '%s'", path, n->key, dt->str); goto done; }
+        if (shape->count > ST_MAX_DIMS) {
+            st_fail(err, errlen, "%s: tensor '%s' has %d dimensions, at most %d supported", path, n->key, shape->count, ST_MAX_DIMS);
+            goto done;
+        }
+        uint64_t numel = 1;
+        int overflow = 0;
+        t->ndim = 0;
+        for (const JsonNode *d = json_first(&st->header, shape); d; d = json_next(&st->header, d)) {
+            int64_t v = json_index(d);
+            if (v < 0) { st_fail(err, errlen, "%s: tensor '%s': shape entries must be non-negative integers", path, n->key); goto done; }
+            t->shape[t->ndim++] = v;
+            if (v && numel > UINT64_MAX / (uint64_t)v) overflow = 1;
+            numel *= (uint64_t)v;
+        }
+        int64_t begin = json_index(json_first(&st->header, offs)), end = json_index(json_next(&st->header, json_first(&st->header, offs)));
+        if (begin < 0 || end < 0 || end < begin) {
+            st_fail(err, errlen, "%s: tensor '%s': data_offsets must be two non-negative integers with begin <= end", path, n->key);
+            goto done;
+        }
+        if ((uint64_t)end > data_size) {
+            st_fail(err, errlen, "%s: tensor '%s': data_offsets [%lld, %lld] reach beyond the %zu data bytes in the file (truncated?)",
+                    path, n->key, (long long)begin, (long long)end, data_size);
+            goto done;
+        }
+        if (elsize > 0 && (overflow || numel > UINT64_MAX / (uint64_t)elsize || numel * (uint64_t)elsize != (uint64_t)(end - begin))) {
+            st_fail(err, errlen, "%s: tensor '%s': shape and dtype %s need %s bytes but data_offsets give %lld", path, n->key,
+                    dt->str, overflow ? "too many" : "a different number of", (long long)(end - begin));
+            goto done;
+        }
+        t->data = data + begin;
+        t->nbytes = (size_t)(end - begin);
+        st->n_tensors++;
+    }
+    // The tensors must tile the data buffer exactly: no overlap, no gap, nothing left over.
+    TensorEntry *sorted = xmalloc((size_t)st->n_tensors * sizeof *sorted + 1);
+    memcpy(sorted, st->tensors, (size_t)st->n_tensors * sizeof *sorted);
+    qsort(sorted, (size_t)st->n_tensors, sizeof *sorted, cmp_by_offset);
+    size_t expect = 0;
+    int i = 0;
+    for (; i < st->n_tensors; i++) {
+        size_t b = (size_t)(sorted[i].data - data);
+        if (b < expect) {
+            st_fail(err, errlen, "%s: tensors '%s' and '%s' overlap (data bytes %zu..%zu)", path, sorted[i - 1].name,
+                    sorted[i].name, b, expect);
+            break;
+        }
+        if (b > expect) {
+            st_fail(err, errlen, "%s: %zu unused data bytes before tensor '%s' (offsets must be contiguous)", path,
+                    b - expect, sorted[i].name);
+            break;
+        }
+        expect = b + sorted[i].nbytes;
+    }
+    free(sorted);
+    if (i < st->n_tensors) goto done;
+    if (expect != data_size) {
+        st_fail(err, errlen, "%s: %zu data bytes after the last tensor (offsets must end at the end of the file)", path,
+                data_size - expect);
+        goto done;
+    }
+    rc = 0;
+done:
+    shfree(seen);
+    return rc;
+}
+
+void st_free(SafeTensors *st) {
+    json_free(&st->header);
+    free(st->tensors);
+    if (st->map) munmap(st->map, st->size);
+    free((void *)st->path);
+    memset(st, 0, sizeof *st);
+}
+
+// Maps path and parses it; fatal on any problem.
+static void st_open(SafeTensors *st, const char *path) {
+    memset(st, 0, sizeof *st);
+    st->path = path;
+    int fd = open(path, O_RDONLY);
+    if (fd < 0) fatal("%s: %s", path, strerror(errno));
+    struct stat sb;
+    if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode)) fatal("%s: not a regular file", path);
+    st->size = (size_t)sb.st_size;
+    if (st->size < 8) fatal("%s: file is %zu bytes, too short for a safetensors header", path, st->size);
+    void *map = mmap(NULL, st->size, PROT_READ, MAP_PRIVATE, fd, 0);
+    close(fd);
+    if (map == MAP_FAILED) fatal("%s: mmap failed: %s", path, strerror(errno));
+    st->map = map;
+    char err[512] = {0};
+    if (st_parse(st, st->map, st->size, path, err, sizeof err)) fatal("%s", err);
+}
+
+// ---------------------------------------------------------------------------------------------
+// config.json
+
+typedef struct {
+    const char *path;
+    Json json;
+    const JsonNode *root;
+} JsonFile;
+
+// Returns 0 if the file does not exist (and required is 0); fatal on anything else wrong.
+static int json_file_open(JsonFile *f, const char *path, int required) {
+    size_t len = 0;
+    char *text = read_file(path, &len);
+    f->path = path;
+    if (!text) {
+        if (errno == ENOENT && !required) return 0;
+        fatal("%s: %s", path, strerror(errno));
+    }
+    if (json_parse(&f->json, text, len)) fatal("%s: bad JSON: %s", path, f->json.err);
+    free(text);
+    f->root = json_root(&f->json);
+    if (f->root->type != JSON_OBJECT) fatal("%s: expected a JSON object at the top level", path);
+    return 1;
+}
+
+static void json_file_close(JsonFile *f) { json_free(&f->json); }
+
+// Present and not null.
+static const JsonNode *cfg_find(const JsonFile *f, const JsonNode *obj, const char *key) {
+    const JsonNode *n = json_get(&f->json, obj, key);
+    return n && n->type != JSON_NULL ? n : NULL;
+}
+
+static int cfg_int_in(const JsonFile *f, const JsonNode *n, const char *key, int lo, int hi) {
+    if (n->type != JSON_NUMBER || !n->is_integer || n->num < lo || n->num > hi)
+        fatal("%s: '%s' must be an integer in [%d, %d]", f->path, key, lo, hi);
+    return (int)n->num;
+}
+
+static int cfg_int(const JsonFile *f, const char *key, int lo, int hi) {
+    const JsonNode *n = cfg_find(f, f->root, key);
+    if (!n) fatal("%s: missing '%s'", f->path, key);
+    return cfg_int_in(f, n, key, lo, hi);
+}
+
+static double cfg_num_in(const JsonFile *f, const JsonNode *obj, const char *key, double def, double lo, double hi) {
+    const JsonNode *n = cfg_find(f, obj, key);
+    if (!n) return def;
+    if (n->type != JSON_NUMBER || !(n->num >= lo && n->num <= hi))
+        fatal("%s: '%s' must be a number in [%g, %g]", f->path, key, lo, hi);
+    return n->num;
+}
+
+static int cfg_bool(const JsonFile *f, const char *key, int def) {
+    const JsonNode *n = cfg_find(f, f->root, key);
+    if (!n) return def;
+    if (n->type != JSON_TRUE && n->type != JSON_FALSE) fatal("%s: '%s' must be true or false", f->path, key);
+    return n->type == JSON_TRUE;
+}
+
+// eos_token_id: an int or a list of ints. Returns 1 if the key was present.
+static int cfg_eos(const JsonFile *f, Config *c) {
+    const JsonNode *n = cfg_find(f, f->root, "eos_token_id");
+    if (!n) return 0;
+    c->n_eos = 0;
+    if (n->type == JSON_ARRAY) {
+        for (const JsonNode *e = json_first(&f->json, n); e; e = json_next(&f->json, e)) {
+            if (c->n_eos == (int)(sizeof c->eos / sizeof c->eos[0])) fatal("%s: more than 8 eos_token_id entries", f->path);
+            c->eos[c->n_eos++] = cfg_int_in(f, e, "eos_token_id", 0, INT32_MAX);
+        }
+    } else {
+        c->eos[c->n_eos++] = cfg_int_in(f, n, "eos_token_id", 0, INT32_MAX);
+    }
+    return 1;
+}
+
+// HF's get_mscale (modeling_rope_utils.py): YaRN's attention temperature.
+static double yarn_mscale(double scale, double mscale) { return scale <= 1 ? 1.0 : 0.1 * mscale * log(scale) + 1.0; }
+
+// Rope settings: transformers v5 writes "rope_parameters" (with rope_theta inside); older configs have
+// top-level "rope_theta" and "rope_scaling" whose type is under "rope_type" or the legacy "type".
+static void parse_rope(const JsonFile *f, Config *c) {
+    const JsonNode *params = cfg_find(f, f->root, "rope_parameters");
+    const JsonNode *scaling = params ? params : cfg_find(f, f->root, "rope_scaling");
+    const char *where = params ? "rope_parameters" : "rope_scaling";
+    if (scaling && scaling->type != JSON_OBJECT) fatal("%s: '%s' must be an object or null", f->path, where);
+    double theta = cfg_num_in(f, f->root, "rope_theta", 10000.0, 1.0, 1e12);
+    if (params) theta = cfg_num_in(f, params, "rope_theta", theta, 1.0, 1e12);
+    c->rope_theta = (float)theta;
+    c->rope_type = ROPE_DEFAULT;
+    if (!scaling) return;
+    const JsonNode *type = cfg_find(f, scaling, "rope_type");
+    if (!type) type = cfg_find(f, scaling, "type");
+    if (!type) {
+        if (params) return;  // v5 always names the type; tolerate a bare {rope_theta}
+        fatal("%s: '%s' has no \"rope_type\"", f->path, where);
+    }
+    if (type->type != JSON_STRING) fatal("%s: %s.rope_type must be a string", f->path, where);
+    if (strcmp(type->str, "default") == 0) return;
+    if (strcmp(type->str, "yarn") != 0)
+        fatal("%s: unsupported rope type '%s' in %s (expected default or yarn)", f->path, type->str, where);
+    c->rope_type = ROPE_YARN;
+    if (!cfg_find(f, scaling, "factor")) fatal("%s: %s of type yarn needs \"factor\"", f->path, where);
+    c->rope_factor = (float)cfg_num_in(f, scaling, "factor", 1.0, 1.0, 1e6);
+    c->rope_orig_max_pos = (int)cfg_num_in(f, scaling, "original_max_position_embeddings", c->max_pos, 1, 1 << 30);
+    c->yarn_beta_fast = (float)cfg_num_in(f, scaling, "beta_fast", 32.0, 0.0, 1e6);
+    c->yarn_beta_slow = (float)cfg_num_in(f, scaling, "beta_slow", 1.0, 0.0, 1e6);
+    double attn = yarn_mscale(c->rope_factor, 1.0);
+    const JsonNode *mscale = cfg_find(f, scaling, "mscale"), *mscale_all = cfg_find(f, scaling, "mscale_all_dim");
+    if (mscale && mscale_all)
+        attn = yarn_mscale(c->rope_factor, cfg_num_in(f, scaling, "mscale", 1, 0, 1e6)) /
+               yarn_mscale(c->rope_factor, cfg_num_in(f, scaling, "mscale_all_dim", 1, 0, 1e6));
+    c->yarn_attention_factor = (float)cfg_num_in(f, scaling, "attention_factor", attn, 0.0, 1e6);
+    const JsonNode *truncate = cfg_find(f, scaling, "truncate");
+    if (truncate && truncate->type != JSON_TRUE) fatal("%s: yarn with \"truncate\": false is not supported", f->path);
+}
+
+static void parse_config(Config *c, const char *dir) {
+    char *path = path_join(dir, "config.json");
+    JsonFile f;
+    json_file_open(&f, path, 1);
+    memset(c, 0, sizeof *c);
+
+    const JsonNode *mt = cfg_find(&f, f.root, "model_type");
+    if (!mt || mt->type != JSON_STRING) fatal("%s: missing 'model_type' (expected \"qwen2\" or \"qwen3\")", path);
+    if (strcmp(mt->str, "qwen2") == 0) c->family = FAMILY_QWEN2;
+    else if (strcmp(mt->str, "qwen3") == 0) c->family = FAMILY_QWEN3;
+    else fatal("%s: unsupported model_type '%s' (expected qwen2 or qwen3)", path, mt->str);
+
+    const int big = 1 << 20;
+    c->hidden = cfg_int(&f, "hidden_size", 1, big);
+    c->intermediate = cfg_int(&f, "intermediate_size", 1, big);
+    c->n_layers = cfg_int(&f, "num_hidden_layers", 1, 4096);
+    c->n_heads = cfg_int(&f, "num_attention_heads", 1, 4096);
+    c->n_kv_heads = cfg_find(&f, f.root, "num_key_value_heads") ? cfg_int(&f, "num_key_value_heads", 1, 4096) : c->n_heads;
+    if (c->n_heads % c->n_kv_heads) fatal("%s: num_attention_heads %d is not a multiple of num_key_value_heads %d", path, c->n_heads, c->n_kv_heads);
+    if (cfg_find(&f, f.root, "head_dim")) c->head_dim = cfg_int(&f, "head_dim", 2, 4096);
+    else if (c->hidden % c->n_heads) fatal("%s: hidden_size %d is not a multiple of num_attention_heads %d (and no head_dim)", path, c->hidden, c->n_heads);
+    else c->head_dim = c->hidden / c->n_heads;
+    if (c->head_dim % 2) fatal("%s: head_dim %d must be even for RoPE", path, c->head_dim);
+    c->vocab = cfg_int(&f, "vocab_size", 1, 1 << 24);
+    c->rms_eps = (float)cfg_num_in(&f, f.root, "rms_norm_eps", 1e-6, 0.0, 1.0);
+    c->max_pos = cfg_find(&f, f.root, "max_position_embeddings") ? cfg_int(&f, "max_position_embeddings", 1, 1 << 30) : 32768;
+    c->tied = cfg_bool(&f, "tie_word_embeddings", 0);
+    // Qwen2 has no attention_bias key and always carries q/k/v biases; Qwen3 defaults to none.
+    c->qkv_bias = cfg_bool(&f, "attention_bias", c->family == FAMILY_QWEN2);
+    c->qk_norm = c->family == FAMILY_QWEN3;
+    if (cfg_bool(&f, "use_sliding_window", 0)) fatal("%s: use_sliding_window is true; sliding-window attention is not supported", path);
+    const JsonNode *act = cfg_find(&f, f.root, "hidden_act");
+    if (act && (act->type != JSON_STRING || strcmp(act->str, "silu") != 0)) fatal("%s: hidden_act must be \"silu\"", path);
+    parse_rope(&f, c);
+    cfg_eos(&f, c);
+    json_file_close(&f);
+    free(path);
+
+    // generation_config.json's stop ids take precedence (instruct models list both im_end and endoftext).
+    path = path_join(dir, "generation_config.json");
+    if (json_file_open(&f, path, 0)) {
+        cfg_eos(&f, c);
+        json_file_close(&f);
+    }
+    free(path);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Weights: bind each tensor by name, dtype and shape
+
+typedef struct {
+    char *key;
+    TensorEntry *value;
+} TensorMapEntry;
+
+typedef struct {
+    TensorMapEntry *map;  // stb_ds string hash map: name -> entry in one of m's shards
+    Model *m;
+} Binder;
+
+static const char *owner_path(const Model *m, const TensorEntry *t) {
+    for (int i = 0; i < m->n_shards; i++) {
+        const SafeTensors *st = &m->shards[i];
+        if (t >= st->tensors && t < st->tensors + st->n_tensors) return st->path;
+    }
+    return "?";
+}
+
+static const char *shard_list(const Model *m) { return m->n_shards == 1 ? m->shards[0].path : "the shards"; }
+
+// Binds name with shape [rows, cols] (cols = 0: a vector of rows elements).
+static Tensor bind(Binder *b, const char *name, int64_t rows, int64_t cols) {
+    TensorEntry *t = shget(b->map, name);
+    if (!t) fatal("tensor '%s' is missing from %s", name, shard_list(b->m));
+    const char *file = owner_path(b->m, t);
+    if (t->dtype == DT_OTHER) fatal("%s: tensor '%s' has dtype %s, expected BF16, F16 or F32", file, name, t->dtype_name);
+    int ok = cols ? (t->ndim == 2 && t->shape[0] == rows && t->shape[1] == cols) : (t->ndim == 1 && t->shape[0] == rows);
+    if (!ok) {
+        char got[128] = "[", want[64];
+        for (int i = 0; i < t->ndim; i++) {
+            size_t n = strlen(got);
+            snprintf(got + n, sizeof got - n, "%s%lld", i ? ", " : "", (long long)t->shape[i]);
+        }
+        strncat(got, "]", sizeof got - strlen(got) - 1);
+        if (cols) snprintf(want, sizeof want, "[%lld, %lld]", (long long)rows, (long long)cols);
+        else snprintf(want, sizeof want, "[%lld]", (long long)rows);
+        fatal("%s: tensor '%s' has shape %s, expected %s", file, name, got, want);
+    }
+    Tensor out = {t->data, t->dtype, cols ? rows : 1, cols ? cols : rows};
+    return out;
+}
+
+static Tensor bindf(Binder *b, int64_t rows, int64_t cols, const char *fmt, int layer) NANO_PRINTF(4, 0);
+static Tensor bindf(Binder *b, int64_t rows, int64_t cols, const char *fmt, int layer) {
+    char name[256];
+    snprintf(name, sizeof name, fmt, layer);
+    return bind(b, name, rows, cols);
+}
+
+// Shard names come from the index file: keep them inside the model directory.
+static void check_shard_name(const char *index_path, const char *name) {
+    if (!name[0] || strchr(name, '/') || strcmp(name, ".") == 0 || strcmp(name, "..") == 0)
+        fatal("%s: shard file name '%s' must be a plain file name in the model directory", index_path, name);
+}
+
+static void open_shards(Model *m, const char *dir, TensorMapEntry **map) {
+    char *index_path = path_join(dir, "model.safetensors.index.json");
+    JsonFile f;
+    if (json_file_open(&f, index_path, 0)) {
+        const JsonNode *wm = cfg_find(&f, f.root, "weight_map");
+        if (!wm || wm->type != JSON_OBJECT || wm->count == 0) fatal("%s: missing or empty 'weight_map' object", index_path);
+        // Distinct shard files, in order of first mention.
+        const char **names = NULL;
+        for (const JsonNode *e = json_first(&f.json, wm); e; e = json_next(&f.json, e)) {
+            if (e->type != JSON_STRING) fatal("%s: weight_map['%s'] must be a file name string", index_path, e->key);
+            check_shard_name(index_path, e->str);
+            int known = 0;
+            for (ptrdiff_t i = 0; i < arrlen(names); i++) known |= strcmp(names[i], e->str) == 0;
+            if (!known) arrput(names, e->str);
+        }
+        m->n_shards = (int)arrlen(names);
+        m->shards = xcalloc((size_t)m->n_shards, sizeof *m->shards);
+        for (int i = 0; i < m->n_shards; i++) st_open(&m->shards[i], path_join(dir, names[i]));
+        arrfree(names);
+        for (int i = 0; i < m->n_shards; i++)
+            for (int k = 0; k < m->shards[i].n_tensors; k++) {
+                TensorEntry *t = &m->shards[i].tensors[k];
+                if (shgeti(*map, t->name) >= 0)
+                    fatal("%s: tensor '%s' is also in %s", m->shards[i].path, t->name, owner_path(m, shget(*map, t->name)));
+                shput(*map, t->name, t);
+            }
+        // The index must agree with the shards' own headers.
+        for (const JsonNode *e = json_first(&f.json, wm); e; e = json_next(&f.json, e)) {
+            TensorEntry *t = shget(*map, e->key);
+            const char *file = t ? owner_path(m, t) : NULL;
+            const char *base = file ? strrchr(file, '/') + 1 : NULL;
+            if (!t || strcmp(base, e->str) != 0)
+                fatal("%s: lists tensor '%s' in %s, but that file does not hold it", index_path, e->key, e->str);
+        }
+        json_file_close(&f);
+        free(index_path);
+        return;
+    }
+    free(index_path);
+    char *single = path_join(dir, "model.safetensors");
+    if (access(single, F_OK) != 0) fatal("%s: no model.safetensors or model.safetensors.index.json", dir);
+    m->n_shards = 1;
+    m->shards = xcalloc(1, sizeof *m->shards);
+    st_open(&m->shards[0], single);
+    for (int k = 0; k < m->shards[0].n_tensors; k++) shput(*map, m->shards[0].tensors[k].name, &m->shards[0].tensors[k]);
+}
+
+void model_load(Model *m, const char *dir) {
+    memset(m, 0, sizeof *m);
+    struct stat sb;
+    if (stat(dir, &sb) != 0) fatal("model directory %s: %s", dir, strerror(errno));
+    if (!S_ISDIR(sb.st_mode)) fatal("model directory %s: not a directory", dir);
+    m->dir = path_join(dir, "");
+    m->dir[strlen(m->dir) - 1] = 0;
+    parse_config(&m->cfg, dir);
+    const Config *c = &m->cfg;
+
+    Binder b = {NULL, m};
+    sh_new_arena(b.map);
+    open_shards(m, dir, &b.map);
+
+    const int64_t H = c->hidden, I = c->intermediate, D = c->head_dim, V = c->vocab;
+    const int64_t QD = (int64_t)c->n_heads * D, KVD = (int64_t)c->n_kv_heads * D;
+    m->embed = bind(&b, "model.embed_tokens.weight", V, H);
+    m->layers = xcalloc((size_t)c->n_layers, sizeof *m->layers);
+    for (int i = 0; i < c->n_layers; i++) {
+        LayerWeights *l = &m->layers[i];
+        l->input_norm = bindf(&b, H, 0, "model.layers.%d.input_layernorm.weight", i);
+        l->wq = bindf(&b, QD, H, "model.layers.%d.self_attn.q_proj.weight", i);
+        l->wk = bindf(&b, KVD, H, "model.layers.%d.self_attn.k_proj.weight", i);
+        l->wv = bindf(&b, KVD, H, "model.layers.%d.self_attn.v_proj.weight", i);
+        if (c->qkv_bias) {
+            l->bq = bindf(&b, QD, 0, "model.layers.%d.self_attn.q_proj.bias", i);
+            l->bk = bindf(&b, KVD, 0, "model.layers.%d.self_attn.k_proj.bias", i);
+            l->bv = bindf(&b, KVD, 0, "model.layers.%d.self_attn.v_proj.bias", i);
+        }
+        if (c->qk_norm) {
+            l->q_norm = bindf(&b, D, 0, "model.layers.%d.self_attn.q_norm.weight", i);
+            l->k_norm = bindf(&b, D, 0, "model.layers.%d.self_attn.k_norm.weight", i);
+        }
+        l->wo = bindf(&b, H, QD, "model.layers.%d.self_attn.o_proj.weight", i);
+        l->post_norm = bindf(&b, H, 0, "model.layers.%d.post_attention_layernorm.weight", i);
+        l->w_gate = bindf(&b, I, H, "model.layers.%d.mlp.gate_proj.weight", i);
+        l->w_up = bindf(&b, I, H, "model.layers.%d.mlp.up_proj.weight", i);
+        l->w_down = bindf(&b, H, I, "model.layers.%d.mlp.down_proj.weight", i);
+    }
+    m->final_norm = bind(&b, "model.norm.weight", H, 0);
+    // Tied checkpoints may still store lm_head.weight (Qwen3-0.6B does); the embedding wins, as in HF.
+    m->lm_head = c->tied ? m->embed : bind(&b, "lm_head.weight", V, H);
+    shfree(b.map);
+}
+
+void model_free(Model *m) {
+    if (!m) return;
+    for (int i = 0; i < m->n_shards; i++) st_free(&m->shards[i]);
+    free(m->shards);
+    free(m->layers);
+    free(m->dir);
+    memset(m, 0, sizeof *m);
+}

@@ -1,0 +1,204 @@
+// nano: shared types of the loader, the engines and the command line.
+// Ownership: a Model owns its file mappings; every Tensor borrows bytes from them and dies with
+// model_free(). Engines borrow the Model.
+#ifndef NANO_H
+#define NANO_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+// ---------------------------------------------------------------------------------------------
+// Errors: one line on stderr naming what and where, exit status 1.
+
+#if defined(__GNUC__)
+#define NANO_NORETURN __attribute__((noreturn))
+#define NANO_PRINTF(a, b) __attribute__((format(printf, a, b)))
+#else
+#define NANO_NORETURN
+#define NANO_PRINTF(a, b)
+#endif
+
+NANO_NORETURN NANO_PRINTF(1, 2) void fatal(const char *fmt, ...);
+void *xmalloc(size_t n);              // fatal on failure; never returns NULL
+void *xcalloc(size_t count, size_t size);
+
+// ---------------------------------------------------------------------------------------------
+// JSON (model.c): strict RFC 8259 parser over a bounded buffer. Strings are decoded into an arena
+// owned by the Json; nodes link first-child / next-sibling. Nesting deeper than JSON_MAX_DEPTH is
+// rejected, so hostile input cannot exhaust the stack.
+
+#define JSON_MAX_DEPTH 64
+
+typedef enum { JSON_NULL, JSON_FALSE, JSON_TRUE, JSON_NUMBER, JSON_STRING, JSON_ARRAY, JSON_OBJECT } JsonType;
+
+typedef struct {
+    JsonType type;
+    int child;        // first element or member, -1 if none
+    int next;         // next sibling, -1 at the end
+    int count;        // elements in an array, members in an object
+    const char *key;  // member of an object: its decoded key, else NULL
+    size_t key_len;
+    const char *str;  // JSON_STRING: decoded, NUL-terminated (\u0000 is rejected)
+    size_t len;       // JSON_STRING: decoded length in bytes
+    double num;       // JSON_NUMBER
+    int is_integer;   // JSON_NUMBER written without fraction or exponent
+} JsonNode;
+
+typedef struct {
+    JsonNode *nodes;
+    int n_nodes, cap_nodes;
+    char *arena;  // decoded strings and keys
+    size_t arena_used;
+    char err[160];
+} Json;
+
+// Parses len bytes at src. Returns 0, or -1 with j->err describing the problem and its byte offset.
+int json_parse(Json *j, const char *src, size_t len);
+void json_free(Json *j);
+const JsonNode *json_root(const Json *j);
+// Object member lookup (first match); NULL if obj is not an object or has no such key.
+const JsonNode *json_get(const Json *j, const JsonNode *obj, const char *key);
+// Children of an array or object in order (members carry ->key); NULL past the end.
+const JsonNode *json_first(const Json *j, const JsonNode *container);
+const JsonNode *json_next(const Json *j, const JsonNode *node);
+
+// ---------------------------------------------------------------------------------------------
+// safetensors (model.c)
+
+typedef enum { DT_F32, DT_F16, DT_BF16, DT_OTHER } DType;
+
+#define ST_MAX_DIMS 8
+
+typedef struct {
+    const char *name;    // borrowed from the Json arena of its SafeTensors
+    DType dtype;
+    const char *dtype_name;  // as written in the header ("BF16", "I64", ...)
+    int ndim;
+    int64_t shape[ST_MAX_DIMS];
+    const uint8_t *data;     // into the mapping
+    size_t nbytes;
+} TensorEntry;
+
+typedef struct {
+    const char *path;     // owned copy
+    uint8_t *map;         // whole file, read-only mapping
+    size_t size;
+    Json header;
+    TensorEntry *tensors;
+    int n_tensors;
+} SafeTensors;
+
+// Parses an in-memory safetensors file (the mapping, or a test buffer). path is used in messages.
+// Returns 0, or -1 with err filled. On success st->tensors point into buf.
+int st_parse(SafeTensors *st, const uint8_t *buf, size_t size, const char *path, char *err, size_t errlen);
+void st_free(SafeTensors *st);  // frees what st_parse allocated; unmaps if st->map is set
+
+// ---------------------------------------------------------------------------------------------
+// Model
+
+typedef struct {
+    const void *data;  // borrowed; NULL for an absent optional tensor
+    DType dtype;
+    int64_t rows, cols;  // a vector is rows=1 x cols
+} Tensor;
+
+typedef enum { FAMILY_QWEN2, FAMILY_QWEN3 } Family;
+typedef enum { ROPE_DEFAULT, ROPE_YARN } RopeType;
+
+typedef struct {
+    Family family;
+    int hidden;          // H
+    int intermediate;    // I
+    int n_layers;        // L
+    int n_heads;         // Hq
+    int n_kv_heads;      // Hkv (Hq / Hkv query heads share one kv head)
+    int head_dim;        // D (Qwen3: explicit, Hq*D may differ from H)
+    int vocab;           // rows of embed_tokens / lm_head
+    float rms_eps;
+    float rope_theta;
+    RopeType rope_type;
+    float rope_factor;        // YaRN scale factor
+    int rope_orig_max_pos;    // YaRN original_max_position_embeddings
+    float yarn_beta_fast, yarn_beta_slow;
+    float yarn_attention_factor;  // multiplies cos and sin
+    int max_pos;         // max_position_embeddings
+    int tied;            // lm_head = embed_tokens
+    int qkv_bias;        // Qwen2: q/k/v carry a bias
+    int qk_norm;         // Qwen3: per-head RMSNorm of q and k before RoPE
+    int eos[8];          // stop ids (generation_config.json, else config.json)
+    int n_eos;
+} Config;
+
+typedef struct {
+    Tensor input_norm;          // [H]
+    Tensor wq, wk, wv;          // [Hq*D,H] [Hkv*D,H] [Hkv*D,H]
+    Tensor bq, bk, bv;          // [Hq*D] [Hkv*D] [Hkv*D]   Qwen2 only
+    Tensor q_norm, k_norm;      // [D]                      Qwen3 only
+    Tensor wo;                  // [H,Hq*D]
+    Tensor post_norm;           // [H]
+    Tensor w_gate, w_up;        // [I,H]
+    Tensor w_down;              // [H,I]
+} LayerWeights;
+
+typedef struct {
+    Config cfg;
+    Tensor embed;       // [V,H]
+    LayerWeights *layers;
+    Tensor final_norm;  // [H]
+    Tensor lm_head;     // [V,H] (= embed when tied)
+    SafeTensors *shards;
+    int n_shards;
+    char *dir;
+} Model;
+
+void model_load(Model *m, const char *dir);  // fatal on any problem
+void model_free(Model *m);
+
+// Reads a whole file into a NUL-terminated malloc'd buffer; NULL if it cannot be opened (errno set).
+char *read_file(const char *path, size_t *len);
+// Element i of a weight row, as fp32; and a whole row converted.
+float tensor_get(const Tensor *t, size_t i);
+void tensor_row(const Tensor *t, int64_t row, float *out);
+float bf16_to_f32(uint16_t h);
+uint16_t f32_to_bf16(float f);  // round to nearest even; NaN stays NaN
+float f16_to_f32(uint16_t h);
+
+// ---------------------------------------------------------------------------------------------
+// KV cache and the reference engine (ref.c)
+
+typedef enum { KV_BF16, KV_F32 } KVFormat;
+
+typedef struct {
+    KVFormat format;
+    int n_layers, n_kv_heads, head_dim, capacity;
+    void *k, *v;  // [layer][kv_head][pos][head_dim] in the format's element type
+} KVCache;
+
+const char *kv_format_name(KVFormat f);
+int kv_format_parse(const char *s, KVFormat *out);  // 0 ok, -1 unknown
+void kv_init(KVCache *kv, const Config *c, int capacity, KVFormat format);
+void kv_free(KVCache *kv);
+
+typedef struct RefState RefState;  // scratch buffers of the reference forward
+
+// max_batch: tokens per prefill chunk; capacity: the KV cache's, in tokens.
+RefState *ref_create(const Model *m, int max_batch, int capacity);
+void ref_free(RefState *s);
+// Runs tokens ids[0..n) at positions pos..pos+n-1 (pos + n <= capacity), appending their K/V to the
+// cache, in chunks of max_batch. logits: n x vocab when all_logits, else vocab (last position only).
+void ref_forward(RefState *s, const Model *m, KVCache *kv, const int *ids, int n, int pos, float *logits,
+                 int all_logits);
+
+// ---------------------------------------------------------------------------------------------
+// GPU engine (kernels.cu)
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+// Number of usable CUDA devices; 0 with a reason in why (no driver, no device) otherwise.
+int cuda_device_count(char *why, size_t whylen);
+#ifdef __cplusplus
+}
+#endif
+
+#endif

@@ -1,0 +1,282 @@
+// The scalar reference forward: plain fp32 loops over weights in their stored dtype, in the order of
+// transformers' modeling_qwen3.py / modeling_qwen2.py. It is the oracle for the GPU kernels and the
+// fallback without a GPU, so clarity wins over speed; the one concession is that a linear layer
+// converts a few weight rows at a time and applies them to every token of the chunk.
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "nano.h"
+
+#define REF_ROWS 8  // weight rows converted to fp32 together in linear()
+
+// ---------------------------------------------------------------------------------------------
+// KV cache: [layer][kv_head][pos][head_dim], K and V rounded to the format when written.
+
+const char *kv_format_name(KVFormat f) { return f == KV_F32 ? "f32" : "bf16"; }
+
+int kv_format_parse(const char *s, KVFormat *out) {
+    if (strcmp(s, "bf16") == 0) *out = KV_BF16;
+    else if (strcmp(s, "f32") == 0) *out = KV_F32;
+    else return -1;
+    return 0;
+}
+
+static size_t kv_elsize(KVFormat f) { return f == KV_F32 ? 4 : 2; }
+
+void kv_init(KVCache *kv, const Config *c, int capacity, KVFormat format) {
+    kv->format = format;
+    kv->n_layers = c->n_layers;
+    kv->n_kv_heads = c->n_kv_heads;
+    kv->head_dim = c->head_dim;
+    kv->capacity = capacity;
+    size_t n = (size_t)c->n_layers * c->n_kv_heads * capacity * c->head_dim;
+    kv->k = xmalloc(n * kv_elsize(format));
+    kv->v = xmalloc(n * kv_elsize(format));
+}
+
+void kv_free(KVCache *kv) {
+    free(kv->k);
+    free(kv->v);
+    kv->k = kv->v = NULL;
+}
+
+static size_t kv_offset(const KVCache *kv, int layer, int head, int pos) {
+    return (((size_t)layer * kv->n_kv_heads + head) * kv->capacity + pos) * kv->head_dim;
+}
+
+static void kv_write(const KVCache *kv, void *base, size_t off, const float *src) {
+    if (kv->format == KV_F32) {
+        memcpy((float *)base + off, src, (size_t)kv->head_dim * sizeof(float));
+        return;
+    }
+    uint16_t *dst = (uint16_t *)base + off;
+    for (int i = 0; i < kv->head_dim; i++) dst[i] = f32_to_bf16(src[i]);
+}
+
+static void kv_read(const KVCache *kv, const void *base, size_t off, float *dst) {
+    if (kv->format == KV_F32) {
+        memcpy(dst, (const float *)base + off, (size_t)kv->head_dim * sizeof(float));
+        return;
+    }
+    const uint16_t *src = (const uint16_t *)base + off;
+    for (int i = 0; i < kv->head_dim; i++) dst[i] = bf16_to_f32(src[i]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Scratch state
+
+struct RefState {
+    int max_batch;   // tokens per chunk
+    float *x;        // [B,H] residual stream
+    float *h;        // [B,H] normalized input of attention / MLP
+    float *q;        // [B,Hq*D]
+    float *k, *v;    // [B,Hkv*D]
+    float *attn;     // [B,Hq*D] attention output before o_proj
+    float *gate, *up;  // [B,I]
+    float *proj;     // [B,max(H)] o_proj / down_proj output before the residual add
+    float *scores;   // [capacity] one query's attention weights
+    float *krow;     // [D] a cached K or V row as fp32
+    float *wrows;    // [REF_ROWS, max in-features] weight rows as fp32
+    float *inv_freq; // [D/2] RoPE frequencies (YaRN already folded in)
+    float rope_scale;  // multiplies cos and sin (YaRN attention factor, else 1)
+    int capacity;
+};
+
+// HF's rotary embedding init, in fp32 like torch: default 1/theta^(2i/D); YaRN blends interpolated
+// (1/(factor*theta^(2i/D))) and extrapolated frequencies with a linear ramp between the correction
+// dims of beta_fast and beta_slow (modeling_rope_utils.py, _compute_yarn_parameters).
+static void rope_init(RefState *s, const Config *c) {
+    int half = c->head_dim / 2;
+    float D = (float)c->head_dim;
+    s->rope_scale = 1.0f;
+    for (int i = 0; i < half; i++) s->inv_freq[i] = 1.0f / powf(c->rope_theta, (float)(2 * i) / D);
+    if (c->rope_type != ROPE_YARN) return;
+    double base = c->rope_theta, orig = c->rope_orig_max_pos;
+    double lo = floor(D * log(orig / (c->yarn_beta_fast * 2 * M_PI)) / (2 * log(base)));
+    double hi = ceil(D * log(orig / (c->yarn_beta_slow * 2 * M_PI)) / (2 * log(base)));
+    if (lo < 0) lo = 0;
+    if (hi > D - 1) hi = D - 1;
+    if (lo == hi) hi += 0.001;
+    for (int i = 0; i < half; i++) {
+        float pos_freq = powf(c->rope_theta, (float)(2 * i) / D);
+        float ramp = ((float)i - (float)lo) / (float)(hi - lo);
+        ramp = ramp < 0 ? 0 : ramp > 1 ? 1 : ramp;
+        float extrap = 1.0f - ramp;
+        float inv_extrap = 1.0f / pos_freq, inv_interp = 1.0f / (c->rope_factor * pos_freq);
+        s->inv_freq[i] = inv_interp * (1.0f - extrap) + inv_extrap * extrap;
+    }
+    s->rope_scale = c->yarn_attention_factor;
+}
+
+RefState *ref_create(const Model *m, int max_batch, int capacity) {
+    const Config *c = &m->cfg;
+    RefState *s = xcalloc(1, sizeof *s);
+    size_t B = (size_t)max_batch, QD = (size_t)c->n_heads * c->head_dim, KVD = (size_t)c->n_kv_heads * c->head_dim;
+    size_t widest = (size_t)c->hidden;
+    if ((size_t)c->intermediate > widest) widest = (size_t)c->intermediate;
+    if (QD > widest) widest = QD;
+    s->max_batch = max_batch;
+    s->capacity = capacity;
+    s->x = xmalloc(B * c->hidden * sizeof(float));
+    s->h = xmalloc(B * c->hidden * sizeof(float));
+    s->proj = xmalloc(B * c->hidden * sizeof(float));
+    s->q = xmalloc(B * QD * sizeof(float));
+    s->attn = xmalloc(B * QD * sizeof(float));
+    s->k = xmalloc(B * KVD * sizeof(float));
+    s->v = xmalloc(B * KVD * sizeof(float));
+    s->gate = xmalloc(B * c->intermediate * sizeof(float));
+    s->up = xmalloc(B * c->intermediate * sizeof(float));
+    s->scores = xmalloc((size_t)capacity * sizeof(float));
+    s->krow = xmalloc((size_t)c->head_dim * sizeof(float));
+    s->wrows = xmalloc(REF_ROWS * widest * sizeof(float));
+    s->inv_freq = xmalloc((size_t)c->head_dim / 2 * sizeof(float));
+    rope_init(s, c);
+    return s;
+}
+
+void ref_free(RefState *s) {
+    if (!s) return;
+    float *bufs[] = {s->x, s->h, s->proj, s->q, s->attn, s->k, s->v, s->gate, s->up, s->scores, s->krow, s->wrows, s->inv_freq};
+    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) free(bufs[i]);
+    free(s);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Ops
+
+static float dot(const float *a, const float *b, int n) {
+    float acc[8] = {0};  // independent partial sums let the compiler vectorize without -ffast-math
+    int i = 0;
+    for (; i + 8 <= n; i += 8)
+        for (int k = 0; k < 8; k++) acc[k] += a[i + k] * b[i + k];
+    float sum = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+    for (; i < n; i++) sum += a[i] * b[i];
+    return sum;
+}
+
+// y[t] = x[t] W^T (+ b) for T tokens; W is [out, in] in its stored dtype.
+static void linear(RefState *s, float *y, const float *x, const Tensor *w, const Tensor *b, int T) {
+    int out = (int)w->rows, in = (int)w->cols;
+    for (int o0 = 0; o0 < out; o0 += REF_ROWS) {
+        int nr = out - o0 < REF_ROWS ? out - o0 : REF_ROWS;
+        for (int r = 0; r < nr; r++) tensor_row(w, o0 + r, s->wrows + (size_t)r * in);
+        for (int t = 0; t < T; t++)
+            for (int r = 0; r < nr; r++) {
+                float bias = b && b->data ? tensor_get(b, (size_t)(o0 + r)) : 0.0f;
+                y[(size_t)t * out + o0 + r] = dot(x + (size_t)t * in, s->wrows + (size_t)r * in, in) + bias;
+            }
+    }
+}
+
+// y = w * (x / sqrt(mean(x^2) + eps)), variance in fp32 (double here) as HF's Qwen3RMSNorm.
+static void rmsnorm(float *y, const float *x, const Tensor *w, int n, float eps) {
+    double ss = 0;
+    for (int i = 0; i < n; i++) ss += (double)x[i] * x[i];
+    float inv = 1.0f / sqrtf((float)(ss / n) + eps);
+    for (int i = 0; i < n; i++) y[i] = tensor_get(w, (size_t)i) * (x[i] * inv);
+}
+
+// Non-interleaved ("rotate_half") rotary embedding of one head vector at position pos.
+static void rope(const RefState *s, float *v, int D, int pos) {
+    int half = D / 2;
+    for (int i = 0; i < half; i++) {
+        float f = (float)pos * s->inv_freq[i];
+        float c = cosf(f) * s->rope_scale, sn = sinf(f) * s->rope_scale;
+        float a = v[i], b = v[i + half];
+        v[i] = a * c - b * sn;
+        v[i + half] = b * c + a * sn;
+    }
+}
+
+static float silu(float z) { return z / (1.0f + expf(-z)); }
+
+// Causal attention of one chunk: token t (position pos+t) attends to cache positions 0..pos+t.
+static void attention(RefState *s, const Config *c, const KVCache *kv, int layer, int T, int pos) {
+    int D = c->head_dim, group = c->n_heads / c->n_kv_heads;
+    float scale = 1.0f / sqrtf((float)D);
+    for (int t = 0; t < T; t++) {
+        int n_ctx = pos + t + 1;
+        for (int h = 0; h < c->n_heads; h++) {
+            int kvh = h / group;  // repeat_kv: consecutive query heads share a kv head
+            const float *q = s->q + ((size_t)t * c->n_heads + h) * D;
+            float *out = s->attn + ((size_t)t * c->n_heads + h) * D;
+            float max = -INFINITY;
+            for (int j = 0; j < n_ctx; j++) {
+                kv_read(kv, kv->k, kv_offset(kv, layer, kvh, j), s->krow);
+                s->scores[j] = dot(q, s->krow, D) * scale;
+                if (s->scores[j] > max) max = s->scores[j];
+            }
+            double sum = 0;
+            for (int j = 0; j < n_ctx; j++) {
+                s->scores[j] = expf(s->scores[j] - max);
+                sum += s->scores[j];
+            }
+            memset(out, 0, (size_t)D * sizeof(float));
+            for (int j = 0; j < n_ctx; j++) {
+                float p = (float)(s->scores[j] / sum);
+                kv_read(kv, kv->v, kv_offset(kv, layer, kvh, j), s->krow);
+                for (int d = 0; d < D; d++) out[d] += p * s->krow[d];
+            }
+        }
+    }
+}
+
+// One chunk of T <= max_batch tokens at positions pos..pos+T-1. logits: T rows (all_logits), one row, or NULL.
+static void forward_chunk(RefState *s, const Model *m, KVCache *kv, const int *ids, int T, int pos, float *logits,
+                          int all_logits) {
+    const Config *c = &m->cfg;
+    int H = c->hidden, D = c->head_dim, I = c->intermediate;
+    int QD = c->n_heads * D, KVD = c->n_kv_heads * D;
+
+    for (int t = 0; t < T; t++) tensor_row(&m->embed, ids[t], s->x + (size_t)t * H);
+
+    for (int l = 0; l < c->n_layers; l++) {
+        const LayerWeights *w = &m->layers[l];
+        // Self-attention block
+        for (int t = 0; t < T; t++) rmsnorm(s->h + (size_t)t * H, s->x + (size_t)t * H, &w->input_norm, H, c->rms_eps);
+        linear(s, s->q, s->h, &w->wq, &w->bq, T);
+        linear(s, s->k, s->h, &w->wk, &w->bk, T);
+        linear(s, s->v, s->h, &w->wv, &w->bv, T);
+        for (int t = 0; t < T; t++) {
+            for (int h = 0; h < c->n_heads; h++) {
+                float *q = s->q + (size_t)t * QD + (size_t)h * D;
+                if (c->qk_norm) rmsnorm(q, q, &w->q_norm, D, c->rms_eps);
+                rope(s, q, D, pos + t);
+            }
+            for (int h = 0; h < c->n_kv_heads; h++) {
+                float *k = s->k + (size_t)t * KVD + (size_t)h * D;
+                if (c->qk_norm) rmsnorm(k, k, &w->k_norm, D, c->rms_eps);
+                rope(s, k, D, pos + t);
+                kv_write(kv, kv->k, kv_offset(kv, l, h, pos + t), k);
+                kv_write(kv, kv->v, kv_offset(kv, l, h, pos + t), s->v + (size_t)t * KVD + (size_t)h * D);
+            }
+        }
+        attention(s, c, kv, l, T, pos);
+        linear(s, s->proj, s->attn, &w->wo, NULL, T);
+        for (size_t i = 0; i < (size_t)T * H; i++) s->x[i] += s->proj[i];
+
+        // MLP block
+        for (int t = 0; t < T; t++) rmsnorm(s->h + (size_t)t * H, s->x + (size_t)t * H, &w->post_norm, H, c->rms_eps);
+        linear(s, s->gate, s->h, &w->w_gate, NULL, T);
+        linear(s, s->up, s->h, &w->w_up, NULL, T);
+        for (size_t i = 0; i < (size_t)T * I; i++) s->gate[i] = silu(s->gate[i]) * s->up[i];
+        linear(s, s->proj, s->gate, &w->w_down, NULL, T);
+        for (size_t i = 0; i < (size_t)T * H; i++) s->x[i] += s->proj[i];
+    }
+
+    // Final norm and lm_head, for every token or only the last; none for a chunk that only fills the cache.
+    if (!logits) return;
+    int first = all_logits ? 0 : T - 1;
+    for (int t = first; t < T; t++) rmsnorm(s->h + (size_t)t * H, s->x + (size_t)t * H, &m->final_norm, H, c->rms_eps);
+    linear(s, logits, s->h + (size_t)first * H, &m->lm_head, NULL, T - first);
+}
+
+void ref_forward(RefState *s, const Model *m, KVCache *kv, const int *ids, int n, int pos, float *logits, int all_logits) {
+    size_t V = (size_t)m->cfg.vocab;
+    for (int done = 0; done < n; done += s->max_batch) {
+        int T = n - done < s->max_batch ? n - done : s->max_batch;
+        float *out = all_logits ? logits + (size_t)done * V : done + T == n ? logits : NULL;
+        forward_chunk(s, m, kv, ids + done, T, pos + done, out, all_logits);
+    }
+}
