@@ -236,7 +236,6 @@ static int parse_container(Parser *p, int idx, int depth, int is_object) {
 
 // Returns the new node's index, or -1.
 static int parse_value(Parser *p, int depth) {
-    if (depth > JSON_MAX_DEPTH) return perr(p, "nesting deeper than %d", JSON_MAX_DEPTH);
     skip_ws(p);
     if (p->pos >= p->len) return perr(p, "value expected");
     char c = p->s[p->pos];
@@ -244,6 +243,7 @@ static int parse_value(Parser *p, int depth) {
     switch (c) {
     case '{':
     case '[':
+        if (depth >= JSON_MAX_DEPTH) return perr(p, "nesting deeper than %d", JSON_MAX_DEPTH);
         if ((idx = new_node(p, c == '{' ? JSON_OBJECT : JSON_ARRAY)) < 0) return -1;
         p->pos++;
         return parse_container(p, idx, depth, c == '{') ? -1 : idx;

@@ -24,8 +24,8 @@ void *xcalloc(size_t count, size_t size);
 
 // ---------------------------------------------------------------------------------------------
 // JSON (model.c): strict RFC 8259 parser over a bounded buffer. Strings are decoded into an arena
-// owned by the Json; nodes link first-child / next-sibling. Nesting deeper than JSON_MAX_DEPTH is
-// rejected, so hostile input cannot exhaust the stack.
+// owned by the Json; nodes link first-child / next-sibling. More than JSON_MAX_DEPTH nested arrays
+// or objects are rejected, so hostile input cannot exhaust the stack.
 
 #define JSON_MAX_DEPTH 64
 
@@ -178,6 +178,10 @@ const char *kv_format_name(KVFormat f);
 int kv_format_parse(const char *s, KVFormat *out);  // 0 ok, -1 unknown
 void kv_init(KVCache *kv, const Config *c, int capacity, KVFormat format);
 void kv_free(KVCache *kv);
+
+// RoPE inverse frequencies [head_dim/2] as HF computes them in fp32 (YaRN blended in); returns the
+// factor that multiplies cos and sin (YaRN's attention factor, else 1).
+float rope_frequencies(const Config *c, float *inv_freq);
 
 typedef struct RefState RefState;  // scratch buffers of the reference forward
 

@@ -86,12 +86,11 @@ struct RefState {
 // HF's rotary embedding init, in fp32 like torch: default 1/theta^(2i/D); YaRN blends interpolated
 // (1/(factor*theta^(2i/D))) and extrapolated frequencies with a linear ramp between the correction
 // dims of beta_fast and beta_slow (modeling_rope_utils.py, _compute_yarn_parameters).
-static void rope_init(RefState *s, const Config *c) {
+float rope_frequencies(const Config *c, float *inv_freq) {
     int half = c->head_dim / 2;
     float D = (float)c->head_dim;
-    s->rope_scale = 1.0f;
-    for (int i = 0; i < half; i++) s->inv_freq[i] = 1.0f / powf(c->rope_theta, (float)(2 * i) / D);
-    if (c->rope_type != ROPE_YARN) return;
+    for (int i = 0; i < half; i++) inv_freq[i] = 1.0f / powf(c->rope_theta, (float)(2 * i) / D);
+    if (c->rope_type != ROPE_YARN) return 1.0f;
     double base = c->rope_theta, orig = c->rope_orig_max_pos;
     double lo = floor(D * log(orig / (c->yarn_beta_fast * 2 * M_PI)) / (2 * log(base)));
     double hi = ceil(D * log(orig / (c->yarn_beta_slow * 2 * M_PI)) / (2 * log(base)));
@@ -104,9 +103,9 @@ static void rope_init(RefState *s, const Config *c) {
         ramp = ramp < 0 ? 0 : ramp > 1 ? 1 : ramp;
         float extrap = 1.0f - ramp;
         float inv_extrap = 1.0f / pos_freq, inv_interp = 1.0f / (c->rope_factor * pos_freq);
-        s->inv_freq[i] = inv_interp * (1.0f - extrap) + inv_extrap * extrap;
+        inv_freq[i] = inv_interp * (1.0f - extrap) + inv_extrap * extrap;
     }
-    s->rope_scale = c->yarn_attention_factor;
+    return c->yarn_attention_factor;
 }
 
 RefState *ref_create(const Model *m, int max_batch, int capacity) {
@@ -131,7 +130,7 @@ RefState *ref_create(const Model *m, int max_batch, int capacity) {
     s->krow = xmalloc((size_t)c->head_dim * sizeof(float));
     s->wrows = xmalloc(REF_ROWS * widest * sizeof(float));
     s->inv_freq = xmalloc((size_t)c->head_dim / 2 * sizeof(float));
-    rope_init(s, c);
+    s->rope_scale = rope_frequencies(c, s->inv_freq);
     return s;
 }
 
