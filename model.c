@@ -72,13 +72,6 @@ static char *path_join(const char *dir, const char *name) {
 // ---------------------------------------------------------------------------------------------
 // Number formats
 
-float bf16_to_f32(uint16_t h) {
-    uint32_t u = (uint32_t)h << 16;
-    float f;
-    memcpy(&f, &u, 4);
-    return f;
-}
-
 uint16_t f32_to_bf16(float f) {
     uint32_t u;
     memcpy(&u, &f, 4);
@@ -454,6 +447,10 @@ static void parse_config(Config *c, const char *dir) {
     c->qkv_bias = cfg_bool(&f, "attention_bias", c->family == FAMILY_QWEN2);
     c->qk_norm = c->family == FAMILY_QWEN3;
     if (cfg_bool(&f, "use_sliding_window", 0)) fatal("%s: use_sliding_window is true; sliding-window attention is not supported", path);
+    const JsonNode *types = cfg_find(&f, f.root, "layer_types");
+    for (const JsonNode *t = json_first(&f.json, types); t; t = json_next(&f.json, t))
+        if (t->type != JSON_STRING || strcmp(t->str, "full_attention") != 0)
+            fatal("%s: layer_types holds '%s'; only full_attention is supported", path, t->type == JSON_STRING ? t->str : "?");
     const JsonNode *act = cfg_find(&f, f.root, "hidden_act");
     if (act && (act->type != JSON_STRING || strcmp(act->str, "silu") != 0)) fatal("%s: hidden_act must be \"silu\"", path);
     parse_rope(&f, c);

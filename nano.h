@@ -6,6 +6,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 // ---------------------------------------------------------------------------------------------
 // Errors: one line on stderr naming what and where, exit status 1.
@@ -159,9 +160,12 @@ char *read_file(const char *path, size_t *len);
 // Element i of a weight row, as fp32; and a whole row converted.
 float tensor_get(const Tensor *t, size_t i);
 void tensor_row(const Tensor *t, int64_t row, float *out);
-float bf16_to_f32(uint16_t h);
 uint16_t f32_to_bf16(float f);  // round to nearest even; NaN stays NaN
 float f16_to_f32(uint16_t h);
+static inline float bf16_to_f32(uint16_t h) {  // bf16 is the top half of an fp32
+    union { uint32_t u; float f; } v = {(uint32_t)h << 16};
+    return v.f;
+}
 
 // ---------------------------------------------------------------------------------------------
 // KV cache and the reference engine (ref.c)

@@ -154,9 +154,33 @@ static float dot(const float *a, const float *b, int n) {
     return sum;
 }
 
+// x . W[row] reading a bf16 row in place (decode: each weight is used once, so skip the fp32 copy).
+static float dot_bf16(const float *x, const uint8_t *w, int n) {
+    float acc[8] = {0};
+    int i = 0;
+    for (; i + 8 <= n; i += 8)
+        for (int k = 0; k < 8; k++) {
+            uint16_t h;
+            memcpy(&h, w + 2 * (i + k), 2);
+            acc[k] += x[i + k] * bf16_to_f32(h);
+        }
+    float sum = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+    for (; i < n; i++) {
+        uint16_t h;
+        memcpy(&h, w + 2 * i, 2);
+        sum += x[i] * bf16_to_f32(h);
+    }
+    return sum;
+}
+
 // y[t] = x[t] W^T (+ b) for T tokens; W is [out, in] in its stored dtype.
 static void linear(RefState *s, float *y, const float *x, const Tensor *w, const Tensor *b, int T) {
     int out = (int)w->rows, in = (int)w->cols;
+    if (T == 1 && w->dtype == DT_BF16) {
+        for (int o = 0; o < out; o++)
+            y[o] = dot_bf16(x, (const uint8_t *)w->data + (size_t)o * in * 2, in) + (b && b->data ? tensor_get(b, (size_t)o) : 0.0f);
+        return;
+    }
     for (int o0 = 0; o0 < out; o0 += REF_ROWS) {
         int nr = out - o0 < REF_ROWS ? out - o0 : REF_ROWS;
         for (int r = 0; r < nr; r++) tensor_row(w, o0 + r, s->wrows + (size_t)r * in);
