@@ -7,10 +7,11 @@ CUDA_HOME ?= /usr/local/cuda
 NVCC      ?= $(shell command -v nvcc 2>/dev/null || echo $(CUDA_HOME)/bin/nvcc)
 CC        ?= cc
 CUARCH    ?= 80 86 89 90a
+STB_INC   ?= /usr/include/stb
 
 WARN      = -Wall -Wextra -Wshadow -Wstrict-prototypes -Wvla -Werror
 CFLAGS   ?= -O2
-CFLAGS   += -std=c11 -D_GNU_SOURCE -I/usr/include/stb $(WARN) -MMD -MP
+CFLAGS   += -std=c11 -D_GNU_SOURCE -I$(STB_INC) $(WARN) -MMD -MP
 NVFLAGS   = -O2 -std=c++17 -Xcompiler -Wall,-Wextra,-Werror $(foreach a,$(CUARCH),-gencode arch=compute_$(a),code=sm_$(a))
 LDLIBS    = -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcublas -lcudart_static -ldl -lpthread -lrt -lstdc++ -lm
 SAN       = -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer -g
