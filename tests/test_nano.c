@@ -155,6 +155,8 @@ static int64_t spec_bytes(const Spec *s) {
 // Writes n tensors of small random values at their offsets (-1: contiguous); the data section holds
 // end - begin bytes for each tensor, as a writer would have written. Returns the file's size.
 // data_extra: bytes added (or, negative, removed) after the data; hlen_extra: added to the header length field.
+static int poison_first_value;  // write_st stores NaN as the first value of the data
+
 static size_t write_st(const char *path, const Spec *specs, int n, long data_extra, long long hlen_extra) {
     char header[16384];
     size_t hl = 0;
@@ -185,6 +187,7 @@ static size_t write_st(const char *path, const Spec *specs, int n, long data_ext
         float v = (float)(r >> 8) / 16777216.0f - 0.5f;
         memcpy(buf + i, &v, 4);
     }
+    if (poison_first_value) memcpy(buf + 8 + hl, &(float){NAN}, 4);
     write_bytes(path, buf, total);
     free(buf);
     return total;
@@ -274,6 +277,8 @@ static Run run(char *const argv[], int expect_failure) {
     int ws;
     waitpid(pid, &ws, 0);
     Run r = {WIFEXITED(ws) ? WEXITSTATUS(ws) : -WTERMSIG(ws), slurp(out), slurp(err)};
+    size_t n = strlen(r.out);
+    if (n && r.out[n - 1] == '\n') r.out[n - 1] = 0;  // the one line of ids, for messages and comparisons
     return r;
 }
 
@@ -521,8 +526,6 @@ static void check_fixture(const char *nano, const char *dir, const char *name, c
     int mismatch = -1;
     double rel = -1;
     if (r.status == 0 && got && len == 4 * (size_t)g->n_prompt * g->vocab) rel = compare_logits(g, got, tol, &mismatch);
-    char *nl = strchr(r.out, '\n');
-    if (nl) *nl = 0;
     check(rel >= 0 && rel <= tol && mismatch == 0, "%s %s --kv %s -b %s: logits max|diff|/max|logit| = %.2e (<= %.0e), argmax mismatches %d, status %d%s%s",
           nano, name, kv, batch, rel, tol, mismatch, r.status, r.status ? ": " : "", r.status ? r.err : "");
     check(r.status == 0 && strcmp(r.out, want) == 0, "%s %s --kv %s -b %s: greedy ids [%s] (HF [%s])", nano, name, kv, batch, r.out, want);
@@ -566,6 +569,59 @@ static int test_fixtures_in(const char *nano, const char *root) {
     return found;
 }
 
+// Stopping and sampling, on the tiny synthetic model and a fixture.
+static void test_generation(const char *nano) {
+    char dir[600];
+    snprintf(dir, sizeof dir, "%s", tmp_path("tiny"));
+    {  // a stop id from generation_config.json ends the run and is printed
+        char *argv[] = {(char *)nano, "-m", dir, "--prompt-ids", "1 2 3", "-n", "6", "--temp", "0", "--print-ids", "--ref", NULL};
+        Run r = run(argv, 0);
+        int ids[6], n = sscanf(r.out, "%d %d %d %d %d %d", &ids[0], &ids[1], &ids[2], &ids[3], &ids[4], &ids[5]);
+        char gen[700], text[64];
+        snprintf(gen, sizeof gen, "%s/generation_config.json", dir);
+        snprintf(text, sizeof text, "{\"eos_token_id\": [%d]}", n >= 3 ? ids[2] : 0);
+        write_text(gen, text);
+        // The first earlier id equal to the stop id ends the run there.
+        int stop = 0;
+        while (stop < 2 && ids[stop] != ids[2]) stop++;
+        Run r2 = run(argv, 0);
+        int got[6], m = sscanf(r2.out, "%d %d %d %d %d %d", &got[0], &got[1], &got[2], &got[3], &got[4], &got[5]);
+        check(n == 6 && m == stop + 1 && got[stop] == ids[2], "%s: generation stops at and prints the eos id %d: [%s]", nano, ids[2], r2.out);
+        unlink(gen);
+        run_free(&r);
+        run_free(&r2);
+    }
+    {  // a full context stops generation with a note
+        char *argv[] = {(char *)nano, "-m", dir, "--prompt-ids", "1 2 3", "-n", "10", "-c", "5", "--temp", "0", "--print-ids", "--ref", NULL};
+        Run r = run(argv, 0);
+        int a, b, c, d;
+        check(r.status == 0 && sscanf(r.out, "%d %d %d %d", &a, &b, &c, &d) == 3 && strstr(r.err, "context of 5 tokens is full"),
+              "%s: -c 5 with a 3-token prompt gives 3 tokens, then stops: [%s]", nano, r.out);
+        run_free(&r);
+    }
+    {  // sampling: a seed reproduces its output, ids stay in the vocabulary
+        char *argv[] = {(char *)nano, "-m", dir, "--prompt-ids", "1 2 3", "-n", "24", "--temp", "1.5", "-s", "7", "--print-ids", "--ref", NULL};
+        Run r1 = run(argv, 0), r2 = run(argv, 0);
+        int n = 0, in_vocab = 1;
+        for (char *p = r1.out, *end; *p && *p != '\n'; p = end, n++) {
+            long v = strtol(p, &end, 10);
+            if (end == p) break;
+            in_vocab &= v >= 0 && v < 32;
+        }
+        check(r1.status == 0 && n == 24 && in_vocab && strcmp(r1.out, r2.out) == 0, "%s: --temp 1.5 -s 7 is reproducible and in range: %s",
+              nano, r1.out);
+        run_free(&r1);
+        run_free(&r2);
+    }
+    {  // NaN weights stop the run instead of printing token 0 forever
+        poison_first_value = 1;
+        char *bad = make_model("nan", TINY_CONFIG, tiny_specs, N_TINY, 0, 0);
+        poison_first_value = 0;
+        char *args[] = {"-m", bad, "--prompt-ids", "0 1", "--print-ids", "--ref", NULL};
+        expect_error(nano, "NaN in the embedding", "non-finite logit", args);
+    }
+}
+
 int main(int argc, char **argv) {
     if (argc < 2) {
         fprintf(stderr, "usage: %s NANO_BINARY [NANO_BINARY ...]\n", argv[0]);
@@ -581,6 +637,7 @@ int main(int argc, char **argv) {
     test_safetensors();
     for (int i = 1; i < argc; i++) {
         test_bad_input(argv[i]);
+        test_generation(argv[i]);
         int found = test_fixtures_in(argv[i], "tests/fixtures") + test_fixtures_in(argv[i], "models");
         check(found >= 6, "%s: found %d HF fixtures (expected at least 6)", argv[i], found);
     }
