@@ -577,8 +577,6 @@ void model_load(Model *m, const char *dir) {
     struct stat sb;
     if (stat(dir, &sb) != 0) fatal("model directory %s: %s", dir, strerror(errno));
     if (!S_ISDIR(sb.st_mode)) fatal("model directory %s: not a directory", dir);
-    m->dir = path_join(dir, "");
-    m->dir[strlen(m->dir) - 1] = 0;
     parse_config(&m->cfg, dir);
     const Config *c = &m->cfg;
 
@@ -622,6 +620,5 @@ void model_free(Model *m) {
     for (int i = 0; i < m->n_shards; i++) st_free(&m->shards[i]);
     free(m->shards);
     free(m->layers);
-    free(m->dir);
     memset(m, 0, sizeof *m);
 }

@@ -205,7 +205,7 @@ int main(int argc, char **argv) {
 
     KVCache kv;
     kv_init(&kv, c, ctx, o.kv);
-    RefState *ref = ref_create(&m, o.batch, ctx);
+    RefState *ref = ref_create(&m, o.batch < n_prompt ? o.batch : n_prompt, ctx);  // scratch sized to the chunk
     size_t V = (size_t)c->vocab;
     float *logits = xmalloc((o.dump_logits ? (size_t)n_prompt : 1) * V * sizeof(float));
     rng_state = o.seed * 2 + 1;  // xorshift needs a non-zero state

@@ -147,9 +147,8 @@ typedef struct {
     LayerWeights *layers;
     Tensor final_norm;  // [H]
     Tensor lm_head;     // [V,H] (= embed when tied)
-    SafeTensors *shards;
+    SafeTensors *shards;  // the mappings every Tensor points into
     int n_shards;
-    char *dir;
 } Model;
 
 void model_load(Model *m, const char *dir);  // fatal on any problem
