@@ -200,6 +200,30 @@ static int parse_literal(Parser *p, const char *word) {
 
 static int parse_value(Parser *p, int depth);
 
+static int cmp_keys(const void *a, const void *b) {
+    const JsonNode *x = *(const JsonNode *const *)a, *y = *(const JsonNode *const *)b;
+    if (x->key_len != y->key_len) return x->key_len < y->key_len ? -1 : 1;
+    return memcmp(x->key, y->key, x->key_len);
+}
+
+// Duplicate keys are rejected: RFC 8259 leaves their meaning open, and Python's json (which wrote
+// and reads these files) keeps the last one, so no choice here could be right.
+static int check_unique_keys(Parser *p, int idx) {
+    const Json *j = p->j;
+    int n = j->nodes[idx].count;
+    if (n < 2) return 0;
+    const JsonNode *small[16], **members = n <= 16 ? small : malloc((size_t)n * sizeof *members);
+    if (!members) return perr(p, "out of memory");
+    int k = 0;
+    for (int c = j->nodes[idx].child; c >= 0; c = j->nodes[c].next) members[k++] = &j->nodes[c];
+    qsort(members, (size_t)n, sizeof *members, cmp_keys);
+    int rc = 0;
+    for (int i = 1; i < n && !rc; i++)
+        if (cmp_keys(&members[i - 1], &members[i]) == 0) rc = perr(p, "duplicate key '%.60s' in object", members[i]->key);
+    if (members != small) free(members);
+    return rc;
+}
+
 // Parses the members or elements of a container node idx; p->pos is just past '{' or '['.
 static int parse_container(Parser *p, int idx, int depth, int is_object) {
     char close = is_object ? '}' : ']';
@@ -229,7 +253,7 @@ static int parse_container(Parser *p, int idx, int depth, int is_object) {
         skip_ws(p);
         if (p->pos >= p->len) return perr(p, "unterminated %s", is_object ? "object" : "array");
         char c = p->s[p->pos++];
-        if (c == close) return 0;
+        if (c == close) return is_object ? check_unique_keys(p, idx) : 0;
         if (c != ',') { p->pos--; return perr(p, "',' or '%c' expected", close); }
     }
 }

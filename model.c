@@ -20,12 +20,15 @@
 // Errors, memory, files
 
 void fatal(const char *fmt, ...) {
+    char msg[1024];
     va_list ap;
     va_start(ap, fmt);
-    fputs("nano: ", stderr);
-    vfprintf(stderr, fmt, ap);
-    fputc('\n', stderr);
+    vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
+    // Names from hostile files must not break the one-line promise or drive the terminal.
+    for (char *c = msg; *c; c++)
+        if ((unsigned char)*c < 0x20 || *c == 0x7f) *c = '?';
+    fprintf(stderr, "nano: %s\n", msg);
     exit(1);
 }
 
@@ -43,15 +46,28 @@ void *xcalloc(size_t count, size_t size) {
 
 #define MAX_JSON_FILE (64u << 20)  // config and index files are kilobytes; refuse anything absurd
 
-char *read_file(const char *path, size_t *len) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    struct stat sb;
-    int bad = fstat(fileno(f), &sb) != 0 ? EIO : S_ISDIR(sb.st_mode) ? EISDIR : !S_ISREG(sb.st_mode) ? EINVAL
-              : (size_t)sb.st_size > MAX_JSON_FILE ? EFBIG : 0;
+// Opens a regular file for reading; O_NONBLOCK keeps a FIFO planted in the model directory from
+// hanging the open. -1 with errno set otherwise.
+static int open_regular(const char *path, struct stat *sb) {
+    int fd = open(path, O_RDONLY | O_NONBLOCK);
+    if (fd < 0) return -1;
+    int bad = fstat(fd, sb) != 0 ? EIO : S_ISDIR(sb->st_mode) ? EISDIR : !S_ISREG(sb->st_mode) ? EINVAL : 0;
     if (bad) {
-        fclose(f);
+        close(fd);
         errno = bad;
+        return -1;
+    }
+    return fd;
+}
+
+char *read_file(const char *path, size_t *len) {
+    struct stat sb;
+    int fd = open_regular(path, &sb);
+    if (fd < 0) return NULL;
+    FILE *f = (size_t)sb.st_size > MAX_JSON_FILE ? NULL : fdopen(fd, "rb");
+    if (!f) {
+        close(fd);
+        errno = EFBIG;
         return NULL;
     }
     char *buf = xmalloc((size_t)sb.st_size + 1);
@@ -127,16 +143,15 @@ void tensor_row(const Tensor *t, int64_t row, float *out) {
 // safetensors
 
 #define ST_MAX_HEADER 100000000u  // the format's own limit
-#define ST_MAX_TENSORS 1000000
+#define ST_MAX_TENSORS 200000     // the JSON parser's value limit allows about 260k tensor entries
 
-static const struct { const char *name; int size; DType dtype; } st_dtypes[] = {
-    {"F32", 4, DT_F32},      {"F16", 2, DT_F16},      {"BF16", 2, DT_BF16},    {"F64", 8, DT_OTHER},
-    {"I64", 8, DT_OTHER},    {"U64", 8, DT_OTHER},    {"I32", 4, DT_OTHER},    {"U32", 4, DT_OTHER},
-    {"I16", 2, DT_OTHER},    {"U16", 2, DT_OTHER},    {"I8", 1, DT_OTHER},     {"U8", 1, DT_OTHER},
-    {"BOOL", 1, DT_OTHER},   {"F8_E4M3", 1, DT_OTHER}, {"F8_E5M2", 1, DT_OTHER}, {"F8_E8M0", 1, DT_OTHER},
-    {"F8_E4M3FNUZ", 1, DT_OTHER}, {"F8_E5M2FNUZ", 1, DT_OTHER}, {"C64", 8, DT_OTHER},
-    // sub-byte formats: size 0 marks "known but not byte-sized"; their byte length is not checked
-    {"F4", 0, DT_OTHER},     {"F6_E2M3", 0, DT_OTHER}, {"F6_E3M2", 0, DT_OTHER},
+static const struct { const char *name; int bits; DType dtype; } st_dtypes[] = {
+    {"F32", 32, DT_F32},       {"F16", 16, DT_F16},       {"BF16", 16, DT_BF16},    {"F64", 64, DT_OTHER},
+    {"I64", 64, DT_OTHER},     {"U64", 64, DT_OTHER},     {"I32", 32, DT_OTHER},    {"U32", 32, DT_OTHER},
+    {"I16", 16, DT_OTHER},     {"U16", 16, DT_OTHER},     {"I8", 8, DT_OTHER},      {"U8", 8, DT_OTHER},
+    {"BOOL", 8, DT_OTHER},     {"F8_E4M3", 8, DT_OTHER},  {"F8_E5M2", 8, DT_OTHER}, {"F8_E8M0", 8, DT_OTHER},
+    {"F8_E4M3FNUZ", 8, DT_OTHER}, {"F8_E5M2FNUZ", 8, DT_OTHER}, {"C64", 64, DT_OTHER},
+    {"F4", 4, DT_OTHER},       {"F6_E2M3", 6, DT_OTHER},  {"F6_E3M2", 6, DT_OTHER},
 };
 
 static int cmp_by_offset(const void *a, const void *b) {
@@ -170,7 +185,8 @@ int st_parse(SafeTensors *st, const uint8_t *buf, size_t size, const char *path,
         return st_fail(err, errlen, "%s: header length %llu reaches beyond the end of the file (%zu bytes)", path,
                        (unsigned long long)hlen, size);
     if (json_parse(&st->header, (const char *)buf + 8, (size_t)hlen))
-        return st_fail(err, errlen, "%s: bad JSON header: %s", path, st->header.err);
+        return st_fail(err, errlen, "%s: bad JSON header (byte offsets count from the header's start, file byte 8): %s", path,
+                       st->header.err);
     const JsonNode *root = json_root(&st->header);
     if (root->type != JSON_OBJECT) return st_fail(err, errlen, "%s: header is not a JSON object", path);
     if (root->count > ST_MAX_TENSORS) return st_fail(err, errlen, "%s: more than %d tensors", path, ST_MAX_TENSORS);
@@ -179,16 +195,14 @@ int st_parse(SafeTensors *st, const uint8_t *buf, size_t size, const char *path,
     size_t data_size = size - 8 - (size_t)hlen;
     st->tensors = xcalloc((size_t)root->count, sizeof *st->tensors);
     st->n_tensors = 0;
-    struct { char *key; int value; } *seen = NULL;
-    sh_new_arena(seen);
     int rc = -1;
     for (const JsonNode *n = json_first(&st->header, root); n; n = json_next(&st->header, n)) {
         if (strcmp(n->key, "__metadata__") == 0) {
-            if (n->type != JSON_OBJECT) { st_fail(err, errlen, "%s: __metadata__ is not an object", path); goto done; }
+            int strings = n->type == JSON_OBJECT;
+            for (const JsonNode *v = json_first(&st->header, n); v; v = json_next(&st->header, v)) strings &= v->type == JSON_STRING;
+            if (!strings) { st_fail(err, errlen, "%s: __metadata__ must map strings to strings", path); goto done; }
             continue;
         }
-        if (shgeti(seen, n->key) >= 0) { st_fail(err, errlen, "%s: tensor '%s' appears twice", path, n->key); goto done; }
-        shput(seen, n->key, 1);
         TensorEntry *t = &st->tensors[st->n_tensors];
         t->name = n->key;
         const JsonNode *dt = json_get(&st->header, n, "dtype"), *shape = json_get(&st->header, n, "shape"),
@@ -199,14 +213,14 @@ int st_parse(SafeTensors *st, const uint8_t *buf, size_t size, const char *path,
                     path, n->key);
             goto done;
         }
-        int elsize = -1;
+        int bits = -1;
         for (size_t k = 0; k < sizeof st_dtypes / sizeof st_dtypes[0]; k++)
             if (strcmp(dt->str, st_dtypes[k].name) == 0) {
-                elsize = st_dtypes[k].size;
+                bits = st_dtypes[k].bits;
                 t->dtype = st_dtypes[k].dtype;
                 t->dtype_name = st_dtypes[k].name;
             }
-        if (elsize < 0) { st_fail(err, errlen, "%s: tensor '%s' has unknown dtype '%s'", path, n->key, dt->str); goto done; }
+        if (bits < 0) { st_fail(err, errlen, "%s: tensor '%s' has unknown dtype '%s'", path, n->key, dt->str); goto done; }
         if (shape->count > ST_MAX_DIMS) {
             st_fail(err, errlen, "%s: tensor '%s' has %d dimensions, at most %d supported", path, n->key, shape->count, ST_MAX_DIMS);
             goto done;
@@ -231,7 +245,7 @@ int st_parse(SafeTensors *st, const uint8_t *buf, size_t size, const char *path,
                     path, n->key, (long long)begin, (long long)end, data_size);
             goto done;
         }
-        if (elsize > 0 && (overflow || numel > UINT64_MAX / (uint64_t)elsize || numel * (uint64_t)elsize != (uint64_t)(end - begin))) {
+        if (overflow || numel > UINT64_MAX / (uint64_t)bits || numel * (uint64_t)bits != 8 * (uint64_t)(end - begin)) {
             st_fail(err, errlen, "%s: tensor '%s': shape and dtype %s need %s bytes but data_offsets give %lld", path, n->key,
                     dt->str, overflow ? "too many" : "a different number of", (long long)(end - begin));
             goto done;
@@ -269,7 +283,6 @@ int st_parse(SafeTensors *st, const uint8_t *buf, size_t size, const char *path,
     }
     rc = 0;
 done:
-    shfree(seen);
     return rc;
 }
 
@@ -285,10 +298,9 @@ void st_free(SafeTensors *st) {
 static void st_open(SafeTensors *st, const char *path) {
     memset(st, 0, sizeof *st);
     st->path = path;
-    int fd = open(path, O_RDONLY);
-    if (fd < 0) fatal("%s: %s", path, strerror(errno));
     struct stat sb;
-    if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode)) fatal("%s: not a regular file", path);
+    int fd = open_regular(path, &sb);
+    if (fd < 0) fatal("%s: %s", path, errno == EINVAL ? "not a regular file" : strerror(errno));
     st->size = (size_t)sb.st_size;
     if (st->size < 8) fatal("%s: file is %zu bytes, too short for a safetensors header", path, st->size);
     void *map = mmap(NULL, st->size, PROT_READ, MAP_PRIVATE, fd, 0);
@@ -315,7 +327,7 @@ static int json_file_open(JsonFile *f, const char *path, int required) {
     f->path = path;
     if (!text) {
         if (errno == ENOENT && !required) return 0;
-        fatal("%s: %s", path, strerror(errno));
+        fatal("%s: %s", path, errno == EINVAL ? "not a regular file" : strerror(errno));
     }
     if (json_parse(&f->json, text, len)) fatal("%s: bad JSON: %s", path, f->json.err);
     free(text);
@@ -344,11 +356,13 @@ static int cfg_int(const JsonFile *f, const char *key, int lo, int hi) {
     return cfg_int_in(f, n, key, lo, hi);
 }
 
-static double cfg_num_in(const JsonFile *f, const JsonNode *obj, const char *key, double def, double lo, double hi) {
+// A number in [lo, hi], or def when absent. obj_name names a nested object in messages (NULL: top level).
+static double cfg_num_in(const JsonFile *f, const JsonNode *obj, const char *obj_name, const char *key, double def, double lo,
+                         double hi) {
     const JsonNode *n = cfg_find(f, obj, key);
     if (!n) return def;
     if (n->type != JSON_NUMBER || !(n->num >= lo && n->num <= hi))
-        fatal("%s: '%s' must be a number in [%g, %g]", f->path, key, lo, hi);
+        fatal("%s: '%s%s%s' must be a number in [%g, %g]", f->path, obj_name ? obj_name : "", obj_name ? "." : "", key, lo, hi);
     return n->num;
 }
 
@@ -385,33 +399,39 @@ static void parse_rope(const JsonFile *f, Config *c) {
     const JsonNode *scaling = params ? params : cfg_find(f, f->root, "rope_scaling");
     const char *where = params ? "rope_parameters" : "rope_scaling";
     if (scaling && scaling->type != JSON_OBJECT) fatal("%s: '%s' must be an object or null", f->path, where);
-    double theta = cfg_num_in(f, f->root, "rope_theta", 10000.0, 1.0, 1e12);
-    if (params) theta = cfg_num_in(f, params, "rope_theta", theta, 1.0, 1e12);
+    double theta = cfg_num_in(f, f->root, NULL, "rope_theta", 10000.0, 1.0, 1e12);
+    if (params) theta = cfg_num_in(f, params, where, "rope_theta", theta, 1.0, 1e12);
     c->rope_theta = (float)theta;
     c->rope_type = ROPE_DEFAULT;
     if (!scaling) return;
-    const JsonNode *type = cfg_find(f, scaling, "rope_type");
-    if (!type) type = cfg_find(f, scaling, "type");
+    const char *type_key = "rope_type";
+    const JsonNode *type = cfg_find(f, scaling, type_key);
+    if (!type) type = cfg_find(f, scaling, type_key = "type");
     if (!type) {
         if (params) return;  // v5 always names the type; tolerate a bare {rope_theta}
         fatal("%s: '%s' has no \"rope_type\"", f->path, where);
     }
-    if (type->type != JSON_STRING) fatal("%s: %s.rope_type must be a string", f->path, where);
+    if (type->type != JSON_STRING) fatal("%s: '%s.%s' must be a string", f->path, where, type_key);
     if (strcmp(type->str, "default") == 0) return;
     if (strcmp(type->str, "yarn") != 0)
         fatal("%s: unsupported rope type '%s' in %s (expected default or yarn)", f->path, type->str, where);
+    // transformers v5 semantics (modeling_rope_utils.py): factor as given (some 4.x releases replaced it
+    // by max_position_embeddings / original_max_position_embeddings); beta_fast, beta_slow, mscale and
+    // mscale_all_dim of 0 mean "default", as Python's `or` makes them.
     c->rope_type = ROPE_YARN;
-    if (!cfg_find(f, scaling, "factor")) fatal("%s: %s of type yarn needs \"factor\"", f->path, where);
-    c->rope_factor = (float)cfg_num_in(f, scaling, "factor", 1.0, 1.0, 1e6);
-    c->rope_orig_max_pos = (int)cfg_num_in(f, scaling, "original_max_position_embeddings", c->max_pos, 1, 1 << 30);
-    c->yarn_beta_fast = (float)cfg_num_in(f, scaling, "beta_fast", 32.0, 0.0, 1e6);
-    c->yarn_beta_slow = (float)cfg_num_in(f, scaling, "beta_slow", 1.0, 0.0, 1e6);
-    double attn = yarn_mscale(c->rope_factor, 1.0);
-    const JsonNode *mscale = cfg_find(f, scaling, "mscale"), *mscale_all = cfg_find(f, scaling, "mscale_all_dim");
-    if (mscale && mscale_all)
-        attn = yarn_mscale(c->rope_factor, cfg_num_in(f, scaling, "mscale", 1, 0, 1e6)) /
-               yarn_mscale(c->rope_factor, cfg_num_in(f, scaling, "mscale_all_dim", 1, 0, 1e6));
-    c->yarn_attention_factor = (float)cfg_num_in(f, scaling, "attention_factor", attn, 0.0, 1e6);
+    if (theta <= 1) fatal("%s: yarn needs rope_theta > 1, got %g", f->path, theta);
+    if (!cfg_find(f, scaling, "factor")) fatal("%s: '%s' of type yarn needs \"factor\"", f->path, where);
+    c->rope_factor = (float)cfg_num_in(f, scaling, where, "factor", 1.0, 1.0, 1e6);
+    c->rope_orig_max_pos = (int)cfg_num_in(f, scaling, where, "original_max_position_embeddings", c->max_pos, 1, 1 << 30);
+    double beta_fast = cfg_num_in(f, scaling, where, "beta_fast", 32.0, 0.0, 1e6);
+    double beta_slow = cfg_num_in(f, scaling, where, "beta_slow", 1.0, 0.0, 1e6);
+    c->yarn_beta_fast = (float)(beta_fast ? beta_fast : 32.0);
+    c->yarn_beta_slow = (float)(beta_slow ? beta_slow : 1.0);
+    double mscale = cfg_num_in(f, scaling, where, "mscale", 0, 0, 1e6);
+    double mscale_all = cfg_num_in(f, scaling, where, "mscale_all_dim", 0, 0, 1e6);
+    double attn = mscale && mscale_all ? yarn_mscale(c->rope_factor, mscale) / yarn_mscale(c->rope_factor, mscale_all)
+                                       : yarn_mscale(c->rope_factor, 1.0);
+    c->yarn_attention_factor = (float)cfg_num_in(f, scaling, where, "attention_factor", attn, 0.0, 1e6);
     const JsonNode *truncate = cfg_find(f, scaling, "truncate");
     if (truncate && truncate->type != JSON_TRUE) fatal("%s: yarn with \"truncate\": false is not supported", f->path);
 }
@@ -435,19 +455,23 @@ static void parse_config(Config *c, const char *dir) {
     c->n_heads = cfg_int(&f, "num_attention_heads", 1, 4096);
     c->n_kv_heads = cfg_find(&f, f.root, "num_key_value_heads") ? cfg_int(&f, "num_key_value_heads", 1, 4096) : c->n_heads;
     if (c->n_heads % c->n_kv_heads) fatal("%s: num_attention_heads %d is not a multiple of num_key_value_heads %d", path, c->n_heads, c->n_kv_heads);
-    if (cfg_find(&f, f.root, "head_dim")) c->head_dim = cfg_int(&f, "head_dim", 2, 4096);
+    // Qwen3 configs always state head_dim (Hq*D may differ from hidden); never guess it.
+    if (cfg_find(&f, f.root, "head_dim") || c->family == FAMILY_QWEN3) c->head_dim = cfg_int(&f, "head_dim", 2, 4096);
     else if (c->hidden % c->n_heads) fatal("%s: hidden_size %d is not a multiple of num_attention_heads %d (and no head_dim)", path, c->hidden, c->n_heads);
     else c->head_dim = c->hidden / c->n_heads;
     if (c->head_dim % 2) fatal("%s: head_dim %d must be even for RoPE", path, c->head_dim);
     c->vocab = cfg_int(&f, "vocab_size", 1, 1 << 24);
-    c->rms_eps = (float)cfg_num_in(&f, f.root, "rms_norm_eps", 1e-6, 0.0, 1.0);
+    c->rms_eps = (float)cfg_num_in(&f, f.root, NULL, "rms_norm_eps", 1e-6, 0.0, 1.0);
     c->max_pos = cfg_find(&f, f.root, "max_position_embeddings") ? cfg_int(&f, "max_position_embeddings", 1, 1 << 30) : 32768;
     c->tied = cfg_bool(&f, "tie_word_embeddings", 0);
-    // Qwen2 has no attention_bias key and always carries q/k/v biases; Qwen3 defaults to none.
-    c->qkv_bias = cfg_bool(&f, "attention_bias", c->family == FAMILY_QWEN2);
+    // Qwen2Attention always has q/k/v biases (an attention_bias key is ignored, as in transformers);
+    // Qwen3's attention_bias puts a bias on q, k, v and o_proj.
+    c->qkv_bias = c->family == FAMILY_QWEN2 || cfg_bool(&f, "attention_bias", 0);
+    c->o_bias = c->family == FAMILY_QWEN3 && c->qkv_bias;
     c->qk_norm = c->family == FAMILY_QWEN3;
     if (cfg_bool(&f, "use_sliding_window", 0)) fatal("%s: use_sliding_window is true; sliding-window attention is not supported", path);
     const JsonNode *types = cfg_find(&f, f.root, "layer_types");
+    if (types && types->type != JSON_ARRAY) fatal("%s: 'layer_types' must be an array", path);
     for (const JsonNode *t = json_first(&f.json, types); t; t = json_next(&f.json, t))
         if (t->type != JSON_STRING || strcmp(t->str, "full_attention") != 0)
             fatal("%s: layer_types holds '%s'; only full_attention is supported", path, t->type == JSON_STRING ? t->str : "?");
@@ -471,8 +495,9 @@ static void parse_config(Config *c, const char *dir) {
 // Weights: bind each tensor by name, dtype and shape
 
 typedef struct {
-    char *key;
+    char *key;  // the name, in its shard's header arena
     TensorEntry *value;
+    int used;   // bound by model_load
 } TensorMapEntry;
 
 typedef struct {
@@ -492,8 +517,10 @@ static const char *shard_list(const Model *m) { return m->n_shards == 1 ? m->sha
 
 // Binds name with shape [rows, cols] (cols = 0: a vector of rows elements).
 static Tensor bind(Binder *b, const char *name, int64_t rows, int64_t cols) {
-    TensorEntry *t = shget(b->map, name);
-    if (!t) fatal("tensor '%s' is missing from %s", name, shard_list(b->m));
+    TensorMapEntry *e = shgetp_null(b->map, name);
+    if (!e) fatal("tensor '%s' is missing from %s", name, shard_list(b->m));
+    TensorEntry *t = e->value;
+    e->used = 1;
     const char *file = owner_path(b->m, t);
     if (t->dtype == DT_OTHER) fatal("%s: tensor '%s' has dtype %s, expected BF16, F16 or F32", file, name, t->dtype_name);
     int ok = cols ? (t->ndim == 2 && t->shape[0] == rows && t->shape[1] == cols) : (t->ndim == 1 && t->shape[0] == rows);
@@ -525,51 +552,58 @@ static void check_shard_name(const char *index_path, const char *name) {
         fatal("%s: shard file name '%s' must be a plain file name in the model directory", index_path, name);
 }
 
+static void add_tensors(Model *m, const SafeTensors *st, TensorMapEntry **map) {
+    for (int k = 0; k < st->n_tensors; k++) {
+        TensorEntry *t = &st->tensors[k];
+        if (shgeti(*map, t->name) >= 0) fatal("%s: tensor '%s' is also in %s", st->path, t->name, owner_path(m, shget(*map, t->name)));
+        TensorMapEntry e = {(char *)t->name, t, 0};
+        shputs(*map, e);
+    }
+}
+
+// model.safetensors if present (transformers looks for it first), else the shards of the index.
 static void open_shards(Model *m, const char *dir, TensorMapEntry **map) {
-    char *index_path = path_join(dir, "model.safetensors.index.json");
-    JsonFile f;
-    if (json_file_open(&f, index_path, 0)) {
-        const JsonNode *wm = cfg_find(&f, f.root, "weight_map");
-        if (!wm || wm->type != JSON_OBJECT || wm->count == 0) fatal("%s: missing or empty 'weight_map' object", index_path);
-        // Distinct shard files, in order of first mention.
-        const char **names = NULL;
-        for (const JsonNode *e = json_first(&f.json, wm); e; e = json_next(&f.json, e)) {
-            if (e->type != JSON_STRING) fatal("%s: weight_map['%s'] must be a file name string", index_path, e->key);
-            check_shard_name(index_path, e->str);
-            int known = 0;
-            for (ptrdiff_t i = 0; i < arrlen(names); i++) known |= strcmp(names[i], e->str) == 0;
-            if (!known) arrput(names, e->str);
-        }
-        m->n_shards = (int)arrlen(names);
-        m->shards = xcalloc((size_t)m->n_shards, sizeof *m->shards);
-        for (int i = 0; i < m->n_shards; i++) st_open(&m->shards[i], path_join(dir, names[i]));
-        arrfree(names);
-        for (int i = 0; i < m->n_shards; i++)
-            for (int k = 0; k < m->shards[i].n_tensors; k++) {
-                TensorEntry *t = &m->shards[i].tensors[k];
-                if (shgeti(*map, t->name) >= 0)
-                    fatal("%s: tensor '%s' is also in %s", m->shards[i].path, t->name, owner_path(m, shget(*map, t->name)));
-                shput(*map, t->name, t);
-            }
-        // The index must agree with the shards' own headers.
-        for (const JsonNode *e = json_first(&f.json, wm); e; e = json_next(&f.json, e)) {
-            TensorEntry *t = shget(*map, e->key);
-            const char *file = t ? owner_path(m, t) : NULL;
-            const char *base = file ? strrchr(file, '/') + 1 : NULL;
-            if (!t || strcmp(base, e->str) != 0)
-                fatal("%s: lists tensor '%s' in %s, but that file does not hold it", index_path, e->key, e->str);
-        }
-        json_file_close(&f);
-        free(index_path);
+    char *single = path_join(dir, "model.safetensors");
+    if (access(single, F_OK) == 0) {
+        m->n_shards = 1;
+        m->shards = xcalloc(1, sizeof *m->shards);
+        st_open(&m->shards[0], single);
+        add_tensors(m, &m->shards[0], map);
         return;
     }
+    free(single);
+    char *index_path = path_join(dir, "model.safetensors.index.json");
+    JsonFile f;
+    if (!json_file_open(&f, index_path, 0)) fatal("%s: no model.safetensors or model.safetensors.index.json", dir);
+    const JsonNode *wm = cfg_find(&f, f.root, "weight_map");
+    if (!wm || wm->type != JSON_OBJECT || wm->count == 0) fatal("%s: missing or empty 'weight_map' object", index_path);
+    // Distinct shard files, in order of first mention.
+    struct { char *key; int value; } *seen = NULL;
+    const char **names = NULL;
+    for (const JsonNode *e = json_first(&f.json, wm); e; e = json_next(&f.json, e)) {
+        if (e->type != JSON_STRING) fatal("%s: weight_map['%s'] must be a file name string", index_path, e->key);
+        check_shard_name(index_path, e->str);
+        if (shgeti(seen, e->str) >= 0) continue;
+        shput(seen, (char *)e->str, 1);
+        arrput(names, e->str);
+    }
+    m->n_shards = (int)arrlen(names);
+    m->shards = xcalloc((size_t)m->n_shards, sizeof *m->shards);
+    for (int i = 0; i < m->n_shards; i++) {
+        st_open(&m->shards[i], path_join(dir, names[i]));
+        add_tensors(m, &m->shards[i], map);
+    }
+    shfree(seen);
+    arrfree(names);
+    // The index must agree with the shards' own headers.
+    for (const JsonNode *e = json_first(&f.json, wm); e; e = json_next(&f.json, e)) {
+        TensorEntry *t = shget(*map, e->key);
+        const char *file = t ? owner_path(m, t) : NULL;
+        if (!t || strcmp(strrchr(file, '/') + 1, e->str) != 0)
+            fatal("%s: lists tensor '%s' in %s, but that file does not hold it", index_path, e->key, e->str);
+    }
+    json_file_close(&f);
     free(index_path);
-    char *single = path_join(dir, "model.safetensors");
-    if (access(single, F_OK) != 0) fatal("%s: no model.safetensors or model.safetensors.index.json", dir);
-    m->n_shards = 1;
-    m->shards = xcalloc(1, sizeof *m->shards);
-    st_open(&m->shards[0], single);
-    for (int k = 0; k < m->shards[0].n_tensors; k++) shput(*map, m->shards[0].tensors[k].name, &m->shards[0].tensors[k]);
 }
 
 void model_load(Model *m, const char *dir) {
@@ -581,7 +615,6 @@ void model_load(Model *m, const char *dir) {
     const Config *c = &m->cfg;
 
     Binder b = {NULL, m};
-    sh_new_arena(b.map);
     open_shards(m, dir, &b.map);
 
     const int64_t H = c->hidden, I = c->intermediate, D = c->head_dim, V = c->vocab;
@@ -604,14 +637,24 @@ void model_load(Model *m, const char *dir) {
             l->k_norm = bindf(&b, D, 0, "model.layers.%d.self_attn.k_norm.weight", i);
         }
         l->wo = bindf(&b, H, QD, "model.layers.%d.self_attn.o_proj.weight", i);
+        if (c->o_bias) l->bo = bindf(&b, H, 0, "model.layers.%d.self_attn.o_proj.bias", i);
         l->post_norm = bindf(&b, H, 0, "model.layers.%d.post_attention_layernorm.weight", i);
         l->w_gate = bindf(&b, I, H, "model.layers.%d.mlp.gate_proj.weight", i);
         l->w_up = bindf(&b, I, H, "model.layers.%d.mlp.up_proj.weight", i);
         l->w_down = bindf(&b, H, I, "model.layers.%d.mlp.down_proj.weight", i);
     }
     m->final_norm = bind(&b, "model.norm.weight", H, 0);
-    // Tied checkpoints may still store lm_head.weight (Qwen3-0.6B does); the embedding wins, as in HF.
+    // Tied checkpoints may still store lm_head.weight (Qwen3-0.6B does, a copy of the embedding); the
+    // embedding is the head, as the config says.
     m->lm_head = c->tied ? m->embed : bind(&b, "lm_head.weight", V, H);
+    TensorMapEntry *head = shgetp_null(b.map, "lm_head.weight");
+    if (head) head->used = 1;
+    // Tensors nobody reads usually mean a config that does not describe the checkpoint.
+    int unused = 0;
+    const char *first = NULL;
+    for (ptrdiff_t i = 0; i < shlen(b.map); i++)
+        if (!b.map[i].used && unused++ == 0) first = b.map[i].key;
+    if (unused) fprintf(stderr, "nano: warning: %d tensor(s) in the checkpoint are not used, e.g. '%s'\n", unused, first);
     shfree(b.map);
 }
 

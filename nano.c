@@ -157,9 +157,11 @@ static int sample(float *logits, int n, float temp) {
 }
 
 // Garbage must never be printed silently: NaN/Inf logits stop the run.
-static void check_logits(const float *logits, size_t n, int pos) {
-    for (size_t i = 0; i < n; i++)
-        if (!isfinite(logits[i])) fatal("non-finite logit (%g) for id %zu at position %d", logits[i], i, pos);
+// logits holds rows x vocab values for positions first_pos, first_pos+1, ...
+static void check_logits(const float *logits, int rows, int vocab, int first_pos) {
+    for (size_t i = 0; i < (size_t)rows * vocab; i++)
+        if (!isfinite(logits[i]))
+            fatal("non-finite logit (%g) for id %zu at position %d", logits[i], i % (size_t)vocab, first_pos + (int)(i / (size_t)vocab));
 }
 
 static double now_seconds(void) {
@@ -213,7 +215,8 @@ int main(int argc, char **argv) {
     double t0 = now_seconds();
     ref_forward(ref, &m, &kv, prompt, n_prompt, 0, logits, o.dump_logits != NULL);
     double t_prefill = now_seconds() - t0;
-    check_logits(logits, (o.dump_logits ? (size_t)n_prompt : 1) * V, n_prompt - 1);
+    if (o.dump_logits) check_logits(logits, n_prompt, c->vocab, 0);
+    else check_logits(logits, 1, c->vocab, n_prompt - 1);
     if (o.dump_logits) {
         write_logits(o.dump_logits, logits, (size_t)n_prompt * V);
         memmove(logits, logits + (size_t)(n_prompt - 1) * V, V * sizeof(float));  // keep the last row for sampling
@@ -234,7 +237,7 @@ int main(int argc, char **argv) {
             break;
         }
         ref_forward(ref, &m, &kv, &id, 1, pos, logits, 0);
-        check_logits(logits, V, pos);
+        check_logits(logits, 1, c->vocab, pos);
         pos++;
     }
     double t_decode = now_seconds() - t0;

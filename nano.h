@@ -24,7 +24,7 @@ void *xmalloc(size_t n);              // fatal on failure; never returns NULL
 void *xcalloc(size_t count, size_t size);
 
 // ---------------------------------------------------------------------------------------------
-// JSON (model.c): strict RFC 8259 parser over a bounded buffer. Strings are decoded into an arena
+// JSON (json.c): strict RFC 8259 parser over a bounded buffer. Strings are decoded into an arena
 // owned by the Json; nodes link first-child / next-sibling. More than JSON_MAX_DEPTH nested arrays
 // or objects are rejected, so hostile input cannot exhaust the stack.
 
@@ -124,7 +124,8 @@ typedef struct {
     float yarn_attention_factor;  // multiplies cos and sin
     int max_pos;         // max_position_embeddings
     int tied;            // lm_head = embed_tokens
-    int qkv_bias;        // Qwen2: q/k/v carry a bias
+    int qkv_bias;        // q/k/v carry a bias (Qwen2 always; Qwen3 with attention_bias)
+    int o_bias;          // o_proj carries a bias (Qwen3 with attention_bias)
     int qk_norm;         // Qwen3: per-head RMSNorm of q and k before RoPE
     int eos[8];          // stop ids (generation_config.json, else config.json)
     int n_eos;
@@ -133,9 +134,10 @@ typedef struct {
 typedef struct {
     Tensor input_norm;          // [H]
     Tensor wq, wk, wv;          // [Hq*D,H] [Hkv*D,H] [Hkv*D,H]
-    Tensor bq, bk, bv;          // [Hq*D] [Hkv*D] [Hkv*D]   Qwen2 only
+    Tensor bq, bk, bv;          // [Hq*D] [Hkv*D] [Hkv*D]   Qwen2, or Qwen3 with attention_bias
     Tensor q_norm, k_norm;      // [D]                      Qwen3 only
     Tensor wo;                  // [H,Hq*D]
+    Tensor bo;                  // [H]                      Qwen3 with attention_bias only
     Tensor post_norm;           // [H]
     Tensor w_gate, w_up;        // [I,H]
     Tensor w_down;              // [H,I]

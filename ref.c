@@ -276,7 +276,7 @@ static void forward_chunk(RefState *s, const Model *m, KVCache *kv, const int *i
             }
         }
         attention(s, c, kv, l, T, pos);
-        linear(s, s->proj, s->attn, &w->wo, NULL, T);
+        linear(s, s->proj, s->attn, &w->wo, &w->bo, T);
         for (size_t i = 0; i < (size_t)T * H; i++) s->x[i] += s->proj[i];
 
         // MLP block

@@ -32,6 +32,7 @@ static void check(int ok, const char *fmt, ...) {
 
 static char tmpdir[64];
 
+// A path in the test's scratch directory; the result lives until the fourth call after it.
 static char *tmp_path(const char *name) {
     static char buf[4][512];
     static int k;
@@ -85,14 +86,16 @@ static void test_json(void) {
     free(flood);
 
     // Values and lookups, and that parsing never reads past len (the buffer is not NUL-terminated).
-    const char *doc = "{\"n\": 12, \"f\": 0.5, \"s\": \"a\\nb\", \"l\": [3, 4], \"n\": 99}";
+    check(!json_ok("{\"n\": 1, \"m\": 2, \"n\": 3}") && !json_ok("[{\"a\": {}, \"a\": 1}]"), "json rejects duplicate keys");
+    check(json_ok("[{\"a\": 1}, {\"a\": 1, \"b\": {\"a\": 2}}]"), "json accepts equal keys in different objects");
+    const char *doc = "{\"n\": 12, \"f\": 0.5, \"s\": \"a\\nb\", \"l\": [3, 4]}";
     Json j;
     int rc = json_parse(&j, doc, strlen(doc));
     const JsonNode *root = json_root(&j);
     const JsonNode *n = json_get(&j, root, "n"), *f = json_get(&j, root, "f"), *s = json_get(&j, root, "s"),
                    *l = json_get(&j, root, "l");
     check(rc == 0 && n && n->is_integer && n->num == 12 && f && !f->is_integer && f->num == 0.5,
-          "json numbers (first of duplicate keys wins)");
+          "json numbers");
     check(s && s->type == JSON_STRING && s->len == 3 && strcmp(s->str, "a\nb") == 0, "json string escapes");
     check(l && l->count == 2 && json_first(&j, l)->num == 3 && json_next(&j, json_first(&j, l))->num == 4, "json arrays");
     check(!json_get(&j, root, "missing") && !json_get(&j, n, "x"), "json lookup of absent keys");
@@ -155,7 +158,7 @@ static int64_t spec_bytes(const Spec *s) {
 // Writes n tensors of small random values at their offsets (-1: contiguous); the data section holds
 // end - begin bytes for each tensor, as a writer would have written. Returns the file's size.
 // data_extra: bytes added (or, negative, removed) after the data; hlen_extra: added to the header length field.
-static int poison_first_value;  // write_st stores NaN as the first value of the data
+static long poison_offset = -1;  // write_st stores a NaN at this byte offset of the data
 
 static size_t write_st(const char *path, const Spec *specs, int n, long data_extra, long long hlen_extra) {
     char header[16384];
@@ -187,7 +190,7 @@ static size_t write_st(const char *path, const Spec *specs, int n, long data_ext
         float v = (float)(r >> 8) / 16777216.0f - 0.5f;
         memcpy(buf + i, &v, 4);
     }
-    if (poison_first_value) memcpy(buf + 8 + hl, &(float){NAN}, 4);
+    if (poison_offset >= 0) memcpy(buf + 8 + hl + poison_offset, &(float){NAN}, 4);
     write_bytes(path, buf, total);
     free(buf);
     return total;
@@ -218,7 +221,7 @@ static void test_safetensors(void) {
         {"begin after end", "begin <= end", {{"a", "F32", 1, {2}, 8, 0}}, 1, 0, 0},
         {"unknown dtype", "unknown dtype 'Q4'", {{"a", "Q4", 1, {2}, 0, 4}}, 1, 0, 0},
         {"shape does not match bytes", "need a different number", {{"a", "F32", 1, {3}, 0, 8}}, 1, 0, 0},
-        {"duplicate tensor", "appears twice", {{"a", "F32", 1, {2}, -1, -1}, {"a", "F32", 1, {2}, -1, -1}}, 2, 0, 0},
+        {"duplicate tensor", "duplicate key 'a'", {{"a", "F32", 1, {2}, -1, -1}, {"a", "F32", 1, {2}, -1, -1}}, 2, 0, 0},
         {"shape overflow", "too many", {{"a", "F32", 3, {1LL << 40, 1LL << 40, 1LL << 40}, 0, 8}}, 1, 0, 0},
     };
     for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
@@ -354,6 +357,17 @@ static char *config_with(const char *from, const char *to) {
 static void test_bad_input(const char *nano) {
     char dir[600];
     snprintf(dir, sizeof dir, "%s", make_model("tiny", TINY_CONFIG, tiny_specs, N_TINY, 0, 0));
+    {  // an extra tensor is reported on stderr, and the model still runs
+        Spec s[N_TINY + 1];
+        memcpy(s, tiny_specs, sizeof tiny_specs);
+        s[N_TINY] = (Spec){"model.layers.0.self_attn.o_proj.bias", "F32", 1, {8}, -1, -1};
+        char *extra = make_model("extra", TINY_CONFIG, s, N_TINY + 1, 0, 0);
+        char *argv[] = {(char *)nano, "-m", extra, "--prompt-ids", "1 2 3", "-n", "2", "--print-ids", "--ref", NULL};
+        Run r = run(argv, 0);
+        check(r.status == 0 && strstr(r.err, "1 tensor(s) in the checkpoint are not used, e.g. 'model.layers.0.self_attn.o_proj.bias'"),
+              "%s: unused tensors are reported (status %d)", nano, r.status);
+        run_free(&r);
+    }
     {  // the positive control: the same tiny model runs
         char *argv[] = {(char *)nano, "-m", dir, "--prompt-ids", "1 2 3", "-n", "4", "--temp", "0", "--print-ids", "--ref", NULL};
         Run r = run(argv, 0);
@@ -422,15 +436,43 @@ static void test_bad_input(const char *nano) {
                           tiny_specs, N_TINY, 0, 0)));
     BAD("sliding-window layers", "only full_attention is supported",
         RUN_ON(make_model("swa", config_with("\"rope_theta\"", "\"layer_types\": [\"sliding_attention\"], \"rope_theta\""), tiny_specs, N_TINY, 0, 0)));
-    {
-        char index[600];
-        snprintf(index, sizeof index, "%s/model.safetensors.index.json", make_model("index", TINY_CONFIG, tiny_specs, N_TINY, 0, 0));
+    {  // a sharded checkpoint: an index and one shard, no model.safetensors
+        char *sharded = make_model("index", TINY_CONFIG, NULL, 0, 0, 0), index[600], shard[600];
+        snprintf(index, sizeof index, "%s/model.safetensors.index.json", sharded);
+        snprintf(shard, sizeof shard, "%s/model-00001-of-00001.safetensors", sharded);
+        write_st(shard, tiny_specs, N_TINY, 0, 0);
         write_text(index, "{\"metadata\": {}, \"weight_map\": {\"model.norm.weight\": \"../tiny/model.safetensors\"}}");
         BAD("shard path escaping the directory", "plain file name", RUN_ON(tmp_path("index")));
         write_text(index, "{\"metadata\": {}, \"weight_map\": {\"model.norm.weight\": \"model-00002-of-00002.safetensors\"}}");
         BAD("missing shard file", "model-00002-of-00002.safetensors: No such file", RUN_ON(tmp_path("index")));
-        write_text(index, "{\"metadata\": {}, \"weight_map\": {\"model.nope.weight\": \"model.safetensors\"}}");
+        write_text(index, "{\"metadata\": {}, \"weight_map\": {\"model.nope.weight\": \"model-00001-of-00001.safetensors\"}}");
         BAD("index names a tensor its shard lacks", "lists tensor 'model.nope.weight'", RUN_ON(tmp_path("index")));
+        write_text(index, "{\"metadata\": {}, \"weight_map\": []}");
+        BAD("index without a weight_map object", "'weight_map'", RUN_ON(tmp_path("index")));
+    }
+    BAD("duplicate key in config", "duplicate key 'hidden_size'",
+        RUN_ON(make_model("dupkey", config_with("\"hidden_size\": 8", "\"hidden_size\": 8, \"hidden_size\": 16"), tiny_specs, N_TINY, 0, 0)));
+    BAD("Qwen3 attention_bias needs biases", "'model.layers.0.self_attn.q_proj.bias' is missing",
+        RUN_ON(make_model("qwen3bias", config_with("\"rope_theta\"", "\"attention_bias\": true, \"rope_theta\""), tiny_specs, N_TINY, 0, 0)));
+    BAD("Qwen3 without head_dim", "missing 'head_dim'",
+        RUN_ON(make_model("nohd", config_with("\"head_dim\"", "\"head_dims\""), tiny_specs, N_TINY, 0, 0)));
+    BAD("yarn with rope_theta 1", "yarn needs rope_theta > 1",
+        RUN_ON(make_model("theta1", config_with("\"rope_theta\": 10000.0", "\"rope_theta\": 1, \"rope_scaling\": {\"type\": \"yarn\", \"factor\": 2}"),
+                          tiny_specs, N_TINY, 0, 0)));
+    BAD("nested config field out of range", "'rope_scaling.factor' must be a number",
+        RUN_ON(make_model("factor", config_with("\"rope_theta\": 10000.0", "\"rope_scaling\": {\"rope_type\": \"yarn\", \"factor\": 0.5}"),
+                          tiny_specs, N_TINY, 0, 0)));
+    {
+        char *fifo_dir = make_model("fifo", NULL, tiny_specs, N_TINY, 0, 0), fifo[600];
+        snprintf(fifo, sizeof fifo, "%s/config.json", fifo_dir);
+        mkfifo(fifo, 0644);
+        BAD("config.json is a FIFO", "config.json: not a regular file", RUN_ON(fifo_dir));
+    }
+    {  // hostile names cannot break the one-line error
+        Spec s[N_TINY + 1];
+        memcpy(s, tiny_specs, sizeof tiny_specs);
+        s[N_TINY] = (Spec){"evil\\nname", "F7", 1, {2}, -1, -1};  // a JSON escape: the decoded name holds a newline
+        BAD("tensor name with a newline", "'evil?name' has unknown dtype", RUN_ON(make_model("evil", TINY_CONFIG, s, N_TINY + 1, 0, 0)));
     }
     BAD("prompt id >= vocab", "id 32 at token 1 is outside the vocabulary [0, 32)", "-m", dir, "--prompt-ids", "1 32", "--print-ids", "--ref");
     BAD("negative prompt id", "outside the vocabulary", "-m", dir, "--prompt-ids", "-1", "--print-ids", "--ref");
@@ -613,12 +655,16 @@ static void test_generation(const char *nano) {
         run_free(&r1);
         run_free(&r2);
     }
-    {  // NaN weights stop the run instead of printing token 0 forever
-        poison_first_value = 1;
-        char *bad = make_model("nan", TINY_CONFIG, tiny_specs, N_TINY, 0, 0);
-        poison_first_value = 0;
-        char *args[] = {"-m", bad, "--prompt-ids", "0 1", "--print-ids", "--ref", NULL};
+    {  // NaN weights stop the run instead of printing token 0 forever. The embedding is the tied head,
+       // so a NaN in row 5 makes the logit of id 5 NaN from the first position on.
+        poison_offset = 5 * 8 * 4;
+        char bad[600];
+        snprintf(bad, sizeof bad, "%s", make_model("nan", TINY_CONFIG, tiny_specs, N_TINY, 0, 0));
+        poison_offset = -1;
+        char *args[] = {"-m", bad, "--prompt-ids", "1 2", "--print-ids", "--ref", NULL};
         expect_error(nano, "NaN in the embedding", "non-finite logit", args);
+        char *dump_args[] = {"-m", bad, "--prompt-ids", "1 2 3", "--dump-logits", tmp_path("nan.f32"), "--ref", NULL};
+        expect_error(nano, "NaN with --dump-logits", "for id 5 at position 0", dump_args);
     }
 }
 
