@@ -19,7 +19,9 @@ SAN       = -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-fra
 HOST_SRC  = nano.c model.c json.c ref.c tokenizer.c
 LIB_SRC   = model.c json.c ref.c tokenizer.c   # everything but main(), for the tests
 
-.PHONY: all test clean
+FUZZ_SECONDS ?= 60
+
+.PHONY: all test fuzz clean
 all: nano
 
 build/%.o: %.c | build
@@ -43,6 +45,12 @@ build/san/tests/%.o: tests/%.c | build
 
 test: nano build/san/nano build/san/test_nano
 	ASAN_OPTIONS=detect_leaks=1:protect_shadow_gap=0 build/san/test_nano ./nano build/san/nano
+
+# libFuzzer targets for the JSON and safetensors parsers (needs clang); each runs FUZZ_SECONDS.
+build/fuzz_%: tests/fuzz/fuzz_%.c json.c model.c nano.h | build
+	clang -g -O1 -std=c11 -D_GNU_SOURCE -I. -I$(STB_INC) -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all $< json.c model.c -lm -o $@
+fuzz: build/fuzz_json build/fuzz_safetensors
+	for t in json safetensors; do mkdir -p build/corpus_$$t && build/fuzz_$$t -max_len=8192 -max_total_time=$(FUZZ_SECONDS) build/corpus_$$t || exit 1; done
 
 clean:
 	rm -rf build nano

@@ -63,10 +63,9 @@ static long parse_long(const char *flag, const char *s, long lo, long hi) {
 
 static float parse_float(const char *flag, const char *s, float lo, float hi) {
     char *end;
-    errno = 0;
-    float v = strtof(s, &end);
-    if (errno || end == s || *end || !(v >= lo && v <= hi)) fatal("%s: expected a number in [%g, %g], got '%s'", flag, lo, hi, s);
-    return v;
+    double v = strtod(s, &end);  // range errors are left to the bounds: a tiny value underflowing to 0 is fine
+    if (end == s || *end || !(v >= lo && v <= hi)) fatal("%s: expected a number in [%g, %g], got '%s'", flag, lo, hi, s);
+    return (float)v;
 }
 
 static void parse_args(Options *o, int argc, char **argv) {
@@ -107,12 +106,12 @@ static int *parse_prompt_ids(const char *s, int vocab, int *n_out) {
     int n = 0, cap = 16;
     int *ids = xmalloc((size_t)cap * sizeof *ids);
     for (const char *p = s;;) {
-        while (*p == ' ' || *p == ',' || *p == '\t' || *p == '\n') p++;
+        while (*p && strchr(" ,\t\r\n", *p)) p++;
         if (!*p) break;
         char *end;
         errno = 0;
         long v = strtol(p, &end, 10);
-        if (end == p || errno || (*end && *end != ' ' && *end != ',' && *end != '\t' && *end != '\n'))
+        if (end == p || errno || (*end && !strchr(" ,\t\r\n", *end)))
             fatal("--prompt-ids: '%.20s' at token %d is not an integer", p, n);
         if (v < 0 || v >= vocab) fatal("--prompt-ids: id %ld at token %d is outside the vocabulary [0, %d)", v, n, vocab);
         if (n == cap) ids = realloc(ids, (size_t)(cap *= 2) * sizeof *ids);
@@ -201,6 +200,8 @@ int main(int argc, char **argv) {
     int n_prompt;
     int *prompt = parse_prompt_ids(o.prompt_ids, c->vocab, &n_prompt);
     int ctx = o.ctx ? o.ctx : (c->max_pos < DEFAULT_CTX ? c->max_pos : DEFAULT_CTX);
+    if (ctx > c->max_pos)
+        fprintf(stderr, "nano: warning: -c %d exceeds max_position_embeddings %d; positions past it were never trained\n", ctx, c->max_pos);
     if (n_prompt > ctx) fatal("prompt of %d tokens is longer than the context of %d tokens (-c)", n_prompt, ctx);
     if (!o.print_ids && o.n_predict > 0 && !o.dump_logits)
         fatal("nothing to print: pass --print-ids (text output needs the tokenizer, which nano does not have yet)");
