@@ -110,6 +110,13 @@ FIXTURES = [
          eps=1e-6, max_pos=8192, dtype=torch.bfloat16,
          rope=dict(rope_type="yarn", rope_theta=1000000.0, factor=2.0,
                    original_max_position_embeddings=4096)),
+    # Qwen3 with attention_bias (q/k/v and o_proj biases) and Qwen's recommended long-context setting,
+    # where max_position_embeddings (40960) != factor * original (131072): v5 uses factor as given.
+    dict(name="qwen3_bias_yarn40k", resid_gain=4.0, arch="qwen3", seed=7007, style="v5",
+         V=2048, H=128, L=2, Hq=4, Hkv=2, D=32, I=320, tied=True, attention_bias=True,
+         eps=1e-6, max_pos=40960, dtype=torch.bfloat16,
+         rope=dict(rope_type="yarn", rope_theta=1000000.0, factor=4.0,
+                   original_max_position_embeddings=32768)),
 ]
 
 
@@ -128,7 +135,7 @@ def make_config(spec, eos):
     if spec["arch"] == "qwen3":
         cls = Qwen3Config
         common["head_dim"] = spec["D"]
-        common["attention_bias"] = False
+        common["attention_bias"] = spec.get("attention_bias", False)
     else:
         cls = Qwen2Config
         assert spec["H"] == spec["Hq"] * spec["D"]
@@ -171,7 +178,8 @@ def init_weights(model, spec, gen):
         elif name.endswith("norm.weight"):     # input/post_attention_layernorm, model.norm, q_norm, k_norm
             v = 0.3 + 1.4 * torch.rand(shape, generator=gen)
         elif name.endswith(".bias"):
-            assert any(k in name for k in ("q_proj", "k_proj", "v_proj")), name
+            assert any(k in name for k in ("q_proj", "k_proj", "v_proj")) or \
+                (spec.get("attention_bias") and "o_proj" in name), name
             v = 0.5 * torch.randn(shape, generator=gen)
             if "k_proj" in name:
                 # a few huge entries, as in Qwen2.5 k_proj biases
@@ -194,6 +202,8 @@ def init_weights(model, spec, gen):
         seen.add(name)
     if spec["arch"] == "qwen2":
         assert any(n.endswith("k_proj.bias") for n in seen), "Qwen2 model without k_proj bias?"
+    elif spec.get("attention_bias"):
+        assert any(n.endswith("o_proj.bias") for n in seen), "Qwen3 attention_bias without o_proj bias?"
     else:
         assert not any(n.endswith(".bias") for n in seen), "Qwen3 model with biases?"
         assert any(n.endswith("q_norm.weight") for n in seen)

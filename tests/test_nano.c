@@ -685,7 +685,7 @@ int main(int argc, char **argv) {
         test_bad_input(argv[i]);
         test_generation(argv[i]);
         int found = test_fixtures_in(argv[i], "tests/fixtures") + test_fixtures_in(argv[i], "models");
-        check(found >= 6, "%s: found %d HF fixtures (expected at least 6)", argv[i], found);
+        check(found >= 7, "%s: found %d HF fixtures (expected at least 7)", argv[i], found);
     }
     char cmd[128];
     snprintf(cmd, sizeof cmd, "rm -rf %s", tmpdir);
