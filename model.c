@@ -195,12 +195,11 @@ int st_parse(SafeTensors *st, const uint8_t *buf, size_t size, const char *path,
     size_t data_size = size - 8 - (size_t)hlen;
     st->tensors = xcalloc((size_t)root->count, sizeof *st->tensors);
     st->n_tensors = 0;
-    int rc = -1;
     for (const JsonNode *n = json_first(&st->header, root); n; n = json_next(&st->header, n)) {
         if (strcmp(n->key, "__metadata__") == 0) {
             int strings = n->type == JSON_OBJECT;
             for (const JsonNode *v = json_first(&st->header, n); v; v = json_next(&st->header, v)) strings &= v->type == JSON_STRING;
-            if (!strings) { st_fail(err, errlen, "%s: __metadata__ must map strings to strings", path); goto done; }
+            if (!strings) return st_fail(err, errlen, "%s: __metadata__ must map strings to strings", path);
             continue;
         }
         TensorEntry *t = &st->tensors[st->n_tensors];
@@ -208,11 +207,9 @@ int st_parse(SafeTensors *st, const uint8_t *buf, size_t size, const char *path,
         const JsonNode *dt = json_get(&st->header, n, "dtype"), *shape = json_get(&st->header, n, "shape"),
                        *offs = json_get(&st->header, n, "data_offsets");
         if (n->type != JSON_OBJECT || !dt || dt->type != JSON_STRING || !shape || shape->type != JSON_ARRAY || !offs ||
-            offs->type != JSON_ARRAY || offs->count != 2) {
-            st_fail(err, errlen, "%s: tensor '%s': expected {\"dtype\": string, \"shape\": [..], \"data_offsets\": [begin, end]}",
+            offs->type != JSON_ARRAY || offs->count != 2)
+            return st_fail(err, errlen, "%s: tensor '%s': expected {\"dtype\": string, \"shape\": [..], \"data_offsets\": [begin, end]}",
                     path, n->key);
-            goto done;
-        }
         int bits = -1;
         for (size_t k = 0; k < sizeof st_dtypes / sizeof st_dtypes[0]; k++)
             if (strcmp(dt->str, st_dtypes[k].name) == 0) {
@@ -220,36 +217,28 @@ int st_parse(SafeTensors *st, const uint8_t *buf, size_t size, const char *path,
                 t->dtype = st_dtypes[k].dtype;
                 t->dtype_name = st_dtypes[k].name;
             }
-        if (bits < 0) { st_fail(err, errlen, "%s: tensor '%s' has unknown dtype '%s'", path, n->key, dt->str); goto done; }
-        if (shape->count > ST_MAX_DIMS) {
-            st_fail(err, errlen, "%s: tensor '%s' has %d dimensions, at most %d supported", path, n->key, shape->count, ST_MAX_DIMS);
-            goto done;
-        }
+        if (bits < 0) return st_fail(err, errlen, "%s: tensor '%s' has unknown dtype '%s'", path, n->key, dt->str);
+        if (shape->count > ST_MAX_DIMS)
+            return st_fail(err, errlen, "%s: tensor '%s' has %d dimensions, at most %d supported", path, n->key, shape->count, ST_MAX_DIMS);
         uint64_t numel = 1;
         int overflow = 0;
         t->ndim = 0;
         for (const JsonNode *d = json_first(&st->header, shape); d; d = json_next(&st->header, d)) {
             int64_t v = json_index(d);
-            if (v < 0) { st_fail(err, errlen, "%s: tensor '%s': shape entries must be non-negative integers", path, n->key); goto done; }
+            if (v < 0) return st_fail(err, errlen, "%s: tensor '%s': shape entries must be non-negative integers", path, n->key);
             t->shape[t->ndim++] = v;
             if (v && numel > UINT64_MAX / (uint64_t)v) overflow = 1;
             numel *= (uint64_t)v;
         }
         int64_t begin = json_index(json_first(&st->header, offs)), end = json_index(json_next(&st->header, json_first(&st->header, offs)));
-        if (begin < 0 || end < 0 || end < begin) {
-            st_fail(err, errlen, "%s: tensor '%s': data_offsets must be two non-negative integers with begin <= end", path, n->key);
-            goto done;
-        }
-        if ((uint64_t)end > data_size) {
-            st_fail(err, errlen, "%s: tensor '%s': data_offsets [%lld, %lld] reach beyond the %zu data bytes in the file (truncated?)",
+        if (begin < 0 || end < 0 || end < begin)
+            return st_fail(err, errlen, "%s: tensor '%s': data_offsets must be two non-negative integers with begin <= end", path, n->key);
+        if ((uint64_t)end > data_size)
+            return st_fail(err, errlen, "%s: tensor '%s': data_offsets [%lld, %lld] reach beyond the %zu data bytes in the file (truncated?)",
                     path, n->key, (long long)begin, (long long)end, data_size);
-            goto done;
-        }
-        if (overflow || numel > UINT64_MAX / (uint64_t)bits || numel * (uint64_t)bits != 8 * (uint64_t)(end - begin)) {
-            st_fail(err, errlen, "%s: tensor '%s': shape and dtype %s need %s bytes but data_offsets give %lld", path, n->key,
+        if (overflow || numel > UINT64_MAX / (uint64_t)bits || numel * (uint64_t)bits != 8 * (uint64_t)(end - begin))
+            return st_fail(err, errlen, "%s: tensor '%s': shape and dtype %s need %s bytes but data_offsets give %lld", path, n->key,
                     dt->str, overflow ? "too many" : "a different number of", (long long)(end - begin));
-            goto done;
-        }
         t->data = data + begin;
         t->nbytes = (size_t)(end - begin);
         st->n_tensors++;
@@ -259,31 +248,23 @@ int st_parse(SafeTensors *st, const uint8_t *buf, size_t size, const char *path,
     memcpy(sorted, st->tensors, (size_t)st->n_tensors * sizeof *sorted);
     qsort(sorted, (size_t)st->n_tensors, sizeof *sorted, cmp_by_offset);
     size_t expect = 0;
-    int i = 0;
-    for (; i < st->n_tensors; i++) {
+    char problem[400] = "";
+    for (int i = 0; i < st->n_tensors && !problem[0]; i++) {
         size_t b = (size_t)(sorted[i].data - data);
-        if (b < expect) {
-            st_fail(err, errlen, "%s: tensors '%s' and '%s' overlap (data bytes %zu..%zu)", path, sorted[i - 1].name,
-                    sorted[i].name, b, expect);
-            break;
-        }
-        if (b > expect) {
-            st_fail(err, errlen, "%s: %zu unused data bytes before tensor '%s' (offsets must be contiguous)", path,
-                    b - expect, sorted[i].name);
-            break;
-        }
+        if (b < expect)
+            snprintf(problem, sizeof problem, "tensors '%s' and '%s' overlap (data bytes %zu..%zu)", sorted[i - 1].name,
+                     sorted[i].name, b, expect);
+        else if (b > expect)
+            snprintf(problem, sizeof problem, "%zu unused data bytes before tensor '%s' (offsets must be contiguous)",
+                     b - expect, sorted[i].name);
         expect = b + sorted[i].nbytes;
     }
     free(sorted);
-    if (i < st->n_tensors) goto done;
-    if (expect != data_size) {
-        st_fail(err, errlen, "%s: %zu data bytes after the last tensor (offsets must end at the end of the file)", path,
-                data_size - expect);
-        goto done;
-    }
-    rc = 0;
-done:
-    return rc;
+    if (problem[0]) return st_fail(err, errlen, "%s: %s", path, problem);
+    if (expect != data_size)
+        return st_fail(err, errlen, "%s: %zu data bytes after the last tensor (offsets must end at the end of the file)", path,
+                       data_size - expect);
+    return 0;
 }
 
 void st_free(SafeTensors *st) {
