@@ -101,17 +101,19 @@ static void parse_args(Options *o, int argc, char **argv) {
     if (!o->prompt_ids) fatal("no prompt: pass --prompt-ids \"ID ID ...\" (see --help)");
 }
 
+#define ID_SEPARATORS " ,\t\r\n"
+
 // Ids separated by spaces or commas; each must index the embedding.
 static int *parse_prompt_ids(const char *s, int vocab, int *n_out) {
     int n = 0, cap = 16;
     int *ids = xmalloc((size_t)cap * sizeof *ids);
     for (const char *p = s;;) {
-        while (*p && strchr(" ,\t\r\n", *p)) p++;
+        while (*p && strchr(ID_SEPARATORS, *p)) p++;
         if (!*p) break;
         char *end;
         errno = 0;
         long v = strtol(p, &end, 10);
-        if (end == p || errno || (*end && !strchr(" ,\t\r\n", *end)))
+        if (end == p || errno || (*end && !strchr(ID_SEPARATORS, *end)))
             fatal("--prompt-ids: '%.20s' at token %d is not an integer", p, n);
         if (v < 0 || v >= vocab) fatal("--prompt-ids: id %ld at token %d is outside the vocabulary [0, %d)", v, n, vocab);
         if (n == cap) ids = realloc(ids, (size_t)(cap *= 2) * sizeof *ids);
@@ -216,8 +218,8 @@ int main(int argc, char **argv) {
     double t0 = now_seconds();
     ref_forward(ref, &m, &kv, prompt, n_prompt, 0, logits, o.dump_logits != NULL);
     double t_prefill = now_seconds() - t0;
-    if (o.dump_logits) check_logits(logits, n_prompt, c->vocab, 0);
-    else check_logits(logits, 1, c->vocab, n_prompt - 1);
+    int rows = o.dump_logits ? n_prompt : 1;  // every prompt position, or the last
+    check_logits(logits, rows, c->vocab, n_prompt - rows);
     if (o.dump_logits) {
         write_logits(o.dump_logits, logits, (size_t)n_prompt * V);
         memmove(logits, logits + (size_t)(n_prompt - 1) * V, V * sizeof(float));  // keep the last row for sampling

@@ -6,7 +6,6 @@
 
 #include <stddef.h>
 #include <stdint.h>
-#include <string.h>
 
 // ---------------------------------------------------------------------------------------------
 // Errors: one line on stderr naming what and where, exit status 1.

@@ -173,22 +173,22 @@ static float dot_bf16(const float *x, const uint8_t *w, int n) {
     return sum;
 }
 
+static float bias_at(const Tensor *b, int o) { return b && b->data ? tensor_get(b, (size_t)o) : 0.0f; }
+
 // y[t] = x[t] W^T (+ b) for T tokens; W is [out, in] in its stored dtype.
 static void linear(RefState *s, float *y, const float *x, const Tensor *w, const Tensor *b, int T) {
     int out = (int)w->rows, in = (int)w->cols;
     if (T == 1 && w->dtype == DT_BF16) {
         for (int o = 0; o < out; o++)
-            y[o] = dot_bf16(x, (const uint8_t *)w->data + (size_t)o * in * 2, in) + (b && b->data ? tensor_get(b, (size_t)o) : 0.0f);
+            y[o] = dot_bf16(x, (const uint8_t *)w->data + (size_t)o * in * 2, in) + bias_at(b, o);
         return;
     }
     for (int o0 = 0; o0 < out; o0 += REF_ROWS) {
         int nr = out - o0 < REF_ROWS ? out - o0 : REF_ROWS;
         for (int r = 0; r < nr; r++) tensor_row(w, o0 + r, s->wrows + (size_t)r * in);
         for (int t = 0; t < T; t++)
-            for (int r = 0; r < nr; r++) {
-                float bias = b && b->data ? tensor_get(b, (size_t)(o0 + r)) : 0.0f;
-                y[(size_t)t * out + o0 + r] = dot(x + (size_t)t * in, s->wrows + (size_t)r * in, in) + bias;
-            }
+            for (int r = 0; r < nr; r++)
+                y[(size_t)t * out + o0 + r] = dot(x + (size_t)t * in, s->wrows + (size_t)r * in, in) + bias_at(b, o0 + r);
     }
 }
 

@@ -423,19 +423,24 @@ static void test_bad_input(const char *nano) {
         strcpy(deep + n, "}");
         BAD("deeply nested config", "nesting deeper than", RUN_ON(make_model("deep", deep, tiny_specs, N_TINY, 0, 0)));
     }
-    BAD("unsupported model_type", "unsupported model_type 'llama'",
-        RUN_ON(make_model("llama", config_with("\"qwen3\"", "\"llama\""), tiny_specs, N_TINY, 0, 0)));
-    BAD("missing config field", "missing 'hidden_size'",
-        RUN_ON(make_model("nohidden", config_with("\"hidden_size\"", "\"hidden_sizes\""), tiny_specs, N_TINY, 0, 0)));
-    BAD("config field of the wrong type", "'num_hidden_layers' must be an integer",
-        RUN_ON(make_model("layerstr", config_with("\"num_hidden_layers\": 1", "\"num_hidden_layers\": \"1\""), tiny_specs, N_TINY, 0, 0)));
-    BAD("heads not a multiple of kv heads", "not a multiple of num_key_value_heads",
-        RUN_ON(make_model("gqa", config_with("\"num_key_value_heads\": 1", "\"num_key_value_heads\": 3"), tiny_specs, N_TINY, 0, 0)));
-    BAD("unsupported rope type", "unsupported rope type 'longrope'",
-        RUN_ON(make_model("longrope", config_with("\"rope_theta\": 10000.0", "\"rope_scaling\": {\"rope_type\": \"longrope\", \"factor\": 2}"),
-                          tiny_specs, N_TINY, 0, 0)));
-    BAD("sliding-window layers", "only full_attention is supported",
-        RUN_ON(make_model("swa", config_with("\"rope_theta\"", "\"layer_types\": [\"sliding_attention\"], \"rope_theta\""), tiny_specs, N_TINY, 0, 0)));
+    // Configs that differ from the tiny one by one edit: {what, expected message, dir, from, to}.
+    static const char *config_edits[][5] = {
+        {"unsupported model_type", "unsupported model_type 'llama'", "llama", "\"qwen3\"", "\"llama\""},
+        {"missing config field", "missing 'hidden_size'", "nohidden", "\"hidden_size\"", "\"hidden_sizes\""},
+        {"config field of the wrong type", "'num_hidden_layers' must be an integer", "layerstr", "\"num_hidden_layers\": 1", "\"num_hidden_layers\": \"1\""},
+        {"heads not a multiple of kv heads", "not a multiple of num_key_value_heads", "gqa", "\"num_key_value_heads\": 1", "\"num_key_value_heads\": 3"},
+        {"unsupported rope type", "unsupported rope type 'longrope'", "longrope", "\"rope_theta\": 10000.0", "\"rope_scaling\": {\"rope_type\": \"longrope\", \"factor\": 2}"},
+        {"sliding-window layers", "only full_attention is supported", "swa", "\"rope_theta\"", "\"layer_types\": [\"sliding_attention\"], \"rope_theta\""},
+        {"duplicate key in config", "duplicate key 'hidden_size'", "dupkey", "\"hidden_size\": 8", "\"hidden_size\": 8, \"hidden_size\": 16"},
+        {"Qwen3 attention_bias needs biases", "'model.layers.0.self_attn.q_proj.bias' is missing", "qwen3bias", "\"rope_theta\"", "\"attention_bias\": true, \"rope_theta\""},
+        {"Qwen3 without head_dim", "missing 'head_dim'", "nohd", "\"head_dim\"", "\"head_dims\""},
+        {"yarn with rope_theta 1", "yarn needs rope_theta > 1", "theta1", "\"rope_theta\": 10000.0", "\"rope_theta\": 1, \"rope_scaling\": {\"type\": \"yarn\", \"factor\": 2}"},
+        {"nested config field out of range", "'rope_scaling.factor' must be a number", "factor", "\"rope_theta\": 10000.0", "\"rope_scaling\": {\"rope_type\": \"yarn\", \"factor\": 0.5}"},
+    };
+    for (size_t i = 0; i < sizeof config_edits / sizeof *config_edits; i++) {
+        const char *const *e = config_edits[i];
+        BAD(e[0], e[1], RUN_ON(make_model(e[2], config_with(e[3], e[4]), tiny_specs, N_TINY, 0, 0)));
+    }
     {  // a sharded checkpoint: an index and one shard, no model.safetensors
         char *sharded = make_model("index", TINY_CONFIG, NULL, 0, 0, 0), index[600], shard[600];
         snprintf(index, sizeof index, "%s/model.safetensors.index.json", sharded);
@@ -450,18 +455,6 @@ static void test_bad_input(const char *nano) {
         write_text(index, "{\"metadata\": {}, \"weight_map\": []}");
         BAD("index without a weight_map object", "'weight_map'", RUN_ON(tmp_path("index")));
     }
-    BAD("duplicate key in config", "duplicate key 'hidden_size'",
-        RUN_ON(make_model("dupkey", config_with("\"hidden_size\": 8", "\"hidden_size\": 8, \"hidden_size\": 16"), tiny_specs, N_TINY, 0, 0)));
-    BAD("Qwen3 attention_bias needs biases", "'model.layers.0.self_attn.q_proj.bias' is missing",
-        RUN_ON(make_model("qwen3bias", config_with("\"rope_theta\"", "\"attention_bias\": true, \"rope_theta\""), tiny_specs, N_TINY, 0, 0)));
-    BAD("Qwen3 without head_dim", "missing 'head_dim'",
-        RUN_ON(make_model("nohd", config_with("\"head_dim\"", "\"head_dims\""), tiny_specs, N_TINY, 0, 0)));
-    BAD("yarn with rope_theta 1", "yarn needs rope_theta > 1",
-        RUN_ON(make_model("theta1", config_with("\"rope_theta\": 10000.0", "\"rope_theta\": 1, \"rope_scaling\": {\"type\": \"yarn\", \"factor\": 2}"),
-                          tiny_specs, N_TINY, 0, 0)));
-    BAD("nested config field out of range", "'rope_scaling.factor' must be a number",
-        RUN_ON(make_model("factor", config_with("\"rope_theta\": 10000.0", "\"rope_scaling\": {\"rope_type\": \"yarn\", \"factor\": 0.5}"),
-                          tiny_specs, N_TINY, 0, 0)));
     {
         char *fifo_dir = make_model("fifo", NULL, tiny_specs, N_TINY, 0, 0), fifo[600];
         snprintf(fifo, sizeof fifo, "%s/config.json", fifo_dir);
