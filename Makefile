@@ -19,6 +19,8 @@ SAN       = -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-fra
 HOST_SRC  = nano.c model.c json.c ref.c tokenizer.c
 LIB_SRC   = model.c json.c ref.c tokenizer.c   # everything but main(), for the tests
 
+TEST_SRC  = tests/test_nano.c tests/test_unicode.c tests/test_tokenizer.c
+
 FUZZ_SECONDS ?= 60
 
 .PHONY: all test fuzz clean
@@ -37,7 +39,7 @@ nano: $(HOST_SRC:%.c=build/%.o) build/kernels.o
 	$(CC) $^ -o $@ $(LDLIBS)
 build/san/nano: $(HOST_SRC:%.c=build/san/%.o) build/kernels.o
 	$(CC) $(SAN) $^ -o $@ $(LDLIBS)
-build/san/test_nano: build/san/tests/test_nano.o $(LIB_SRC:%.c=build/san/%.o) build/kernels.o
+build/san/test_nano: $(TEST_SRC:%.c=build/san/%.o) $(LIB_SRC:%.c=build/san/%.o) build/kernels.o
 	$(CC) $(SAN) $^ -o $@ $(LDLIBS)
 build/san/tests/%.o: tests/%.c | build
 	@mkdir -p build/san/tests

@@ -208,15 +208,13 @@ int main(int argc, char **argv) {
     if (!o.print_ids && o.n_predict > 0 && !o.dump_logits)
         fatal("nothing to print: pass --print-ids (text output needs the tokenizer, which nano does not have yet)");
 
-    KVCache kv;
-    kv_init(&kv, c, ctx, o.kv);
-    RefState *ref = ref_create(&m, o.batch < n_prompt ? o.batch : n_prompt, ctx);  // scratch sized to the chunk
+    Engine *engine = ref_engine_create(&m, ctx, o.kv, o.batch < n_prompt ? o.batch : n_prompt);  // scratch sized to the chunk
     size_t V = (size_t)c->vocab;
     float *logits = xmalloc((o.dump_logits ? (size_t)n_prompt : 1) * V * sizeof(float));
     rng_state = o.seed * 2 + 1;  // xorshift needs a non-zero state
 
     double t0 = now_seconds();
-    ref_forward(ref, &m, &kv, prompt, n_prompt, 0, logits, o.dump_logits != NULL);
+    engine->forward(engine, prompt, n_prompt, 0, logits, o.dump_logits != NULL);
     double t_prefill = now_seconds() - t0;
     int rows = o.dump_logits ? n_prompt : 1;  // every prompt position, or the last
     check_logits(logits, rows, c->vocab, n_prompt - rows);
@@ -239,19 +237,18 @@ int main(int argc, char **argv) {
             fprintf(stderr, "nano: context of %d tokens is full; stopping\n", ctx);
             break;
         }
-        ref_forward(ref, &m, &kv, &id, 1, pos, logits, 0);
+        engine->forward(engine, &id, 1, pos, logits, 0);
         check_logits(logits, 1, c->vocab, pos);
         pos++;
     }
     double t_decode = now_seconds() - t0;
     if (o.print_ids && n_gen) printf("\n");
-    fprintf(stderr, "nano: prompt %d tok in %.3f s (%.2f tok/s), generated %d tok in %.3f s (%.2f tok/s), %s KV, ref\n",
+    fprintf(stderr, "nano: prompt %d tok in %.3f s (%.2f tok/s), generated %d tok in %.3f s (%.2f tok/s), %s KV, %s\n",
             n_prompt, t_prefill, n_prompt / t_prefill, n_gen, t_decode, n_gen > 1 ? (n_gen - 1) / t_decode : 0.0,
-            kv_format_name(o.kv));
+            kv_format_name(o.kv), engine->name);
 
     free(logits);
-    ref_free(ref);
-    kv_free(&kv);
+    engine->free(engine);
     free(prompt);
     model_free(&m);
     return 0;

@@ -198,6 +198,23 @@ void ref_forward(RefState *s, const Model *m, KVCache *kv, const int *ids, int n
                  int all_logits);
 
 // ---------------------------------------------------------------------------------------------
+// Engines: a forward pass over a KV cache the engine owns. The reference path (ref.c) and the GPU
+// (kernels.cu) both provide one; the modes in nano.c only see this interface.
+
+typedef struct Engine Engine;
+struct Engine {
+    const char *name;  // "ref" or "cuda", for the timings line
+    // Runs ids[0..n) at positions pos..pos+n-1 (pos + n <= capacity), writing their K/V into the cache
+    // (entries at pos and later are overwritten, so a caller rewinds by passing a smaller pos).
+    // logits: n x vocab when all_logits, else vocab for the last position only.
+    void (*forward)(Engine *e, const int *ids, int n, int pos, float *logits, int all_logits);
+    void (*free)(Engine *e);
+};
+
+// max_batch: tokens per prefill chunk; capacity: KV cache size in tokens.
+Engine *ref_engine_create(const Model *m, int capacity, KVFormat kv, int max_batch);
+
+// ---------------------------------------------------------------------------------------------
 // GPU engine (kernels.cu)
 
 #ifdef __cplusplus

@@ -303,3 +303,34 @@ void ref_forward(RefState *s, const Model *m, KVCache *kv, const int *ids, int n
         forward_chunk(s, m, kv, ids + done, T, pos + done, out, all_logits);
     }
 }
+
+// The reference path as an Engine: the scratch state, its KV cache and the model it reads.
+typedef struct {
+    Engine base;
+    const Model *m;
+    RefState *s;
+    KVCache kv;
+} RefEngine;
+
+static void ref_engine_forward(Engine *e, const int *ids, int n, int pos, float *logits, int all_logits) {
+    RefEngine *r = (RefEngine *)e;
+    ref_forward(r->s, r->m, &r->kv, ids, n, pos, logits, all_logits);
+}
+
+static void ref_engine_free(Engine *e) {
+    RefEngine *r = (RefEngine *)e;
+    ref_free(r->s);
+    kv_free(&r->kv);
+    free(r);
+}
+
+Engine *ref_engine_create(const Model *m, int capacity, KVFormat kv, int max_batch) {
+    RefEngine *r = xcalloc(1, sizeof *r);
+    r->base.name = "ref";
+    r->base.forward = ref_engine_forward;
+    r->base.free = ref_engine_free;
+    r->m = m;
+    r->s = ref_create(m, max_batch, capacity);
+    kv_init(&r->kv, &m->cfg, capacity, kv);
+    return &r->base;
+}

@@ -15,11 +15,11 @@
 #include <unistd.h>
 
 #include "nano.h"
+#include "tests/check.h"
 
-static int n_pass, n_fail;
+int n_pass, n_fail;
 
-static void check(int ok, const char *fmt, ...) NANO_PRINTF(2, 3);
-static void check(int ok, const char *fmt, ...) {
+void check(int ok, const char *fmt, ...) {
     va_list ap;
     va_start(ap, fmt);
     printf("%s ", ok ? "ok  " : "FAIL");
@@ -30,10 +30,10 @@ static void check(int ok, const char *fmt, ...) {
     else n_fail++;
 }
 
-static char tmpdir[64];
+char tmpdir[64];
 
 // A path in the test's scratch directory; the result lives until the fourth call after it.
-static char *tmp_path(const char *name) {
+char *tmp_path(const char *name) {
     static char buf[4][512];
     static int k;
     char *p = buf[k++ % 4];
@@ -41,7 +41,7 @@ static char *tmp_path(const char *name) {
     return p;
 }
 
-static void write_bytes(const char *path, const void *data, size_t n) {
+void write_bytes(const char *path, const void *data, size_t n) {
     FILE *f = fopen(path, "wb");
     if (!f || fwrite(data, 1, n, f) != n || fclose(f)) {
         fprintf(stderr, "test: cannot write %s\n", path);
@@ -49,7 +49,7 @@ static void write_bytes(const char *path, const void *data, size_t n) {
     }
 }
 
-static void write_text(const char *path, const char *text) { write_bytes(path, text, strlen(text)); }
+void write_text(const char *path, const char *text) { write_bytes(path, text, strlen(text)); }
 
 // ---------------------------------------------------------------------------------------------
 // JSON
@@ -247,24 +247,20 @@ static void test_safetensors(void) {
 // ---------------------------------------------------------------------------------------------
 // Running nano
 
-typedef struct {
-    int status;  // exit status, or -signal
-    char *out, *err;
-} Run;
 
-static void run_free(Run *r) {
+void run_free(Run *r) {
     free(r->out);
     free(r->err);
 }
 
-static char *slurp(const char *path) {
+char *slurp(const char *path) {
     size_t len;
     char *s = read_file(path, &len);
     return s ? s : calloc(1, 1);
 }
 
 // Runs argv with stdout/stderr captured; a run past 120 s is killed (SIGALRM survives exec).
-static Run run(char *const argv[], int expect_failure) {
+Run run(char *const argv[], int expect_failure) {
     const char *out = tmp_path("stdout.txt"), *err = tmp_path("stderr.txt");
     pid_t pid = fork();
     if (pid == 0) {
@@ -285,14 +281,14 @@ static Run run(char *const argv[], int expect_failure) {
     return r;
 }
 
-static int count_lines(const char *s) {
+int count_lines(const char *s) {
     int n = 0;
     for (; *s; s++) n += *s == '\n';
     return n;
 }
 
 // A bad input must give exit status 1 and exactly one stderr line that contains expect.
-static void expect_error(const char *nano, const char *what, const char *expect, char **args) {
+void expect_error(const char *nano, const char *what, const char *expect, char **args) {
     char *argv[32];
     int n = 0;
     argv[n++] = (char *)nano;
@@ -674,9 +670,12 @@ int main(int argc, char **argv) {
     test_json();
     test_numbers();
     test_safetensors();
+    test_unicode();
+    test_tokenizer();
     for (int i = 1; i < argc; i++) {
         test_bad_input(argv[i]);
         test_generation(argv[i]);
+        test_tokenizer_cli(argv[i]);
         int found = test_fixtures_in(argv[i], "tests/fixtures") + test_fixtures_in(argv[i], "models");
         check(found >= 7, "%s: found %d HF fixtures (expected at least 7)", argv[i], found);
     }

@@ -1,0 +1,35 @@
+// The CPU suite's shared harness: every test file reports through check(), and test_nano.c's main()
+// runs each file's entry point and prints the "N passed, N failed" line.
+#ifndef NANO_TEST_CHECK_H
+#define NANO_TEST_CHECK_H
+
+#include "nano.h"
+
+extern int n_pass, n_fail;
+void check(int ok, const char *fmt, ...) NANO_PRINTF(2, 3);
+
+extern char tmpdir[64];
+// A path in the suite's scratch directory; the result lives until the fourth call after it.
+char *tmp_path(const char *name);
+void write_bytes(const char *path, const void *data, size_t n);
+void write_text(const char *path, const char *text);
+char *slurp(const char *path);  // whole file, "" when it cannot be read
+int count_lines(const char *s);
+
+typedef struct {
+    int status;  // exit status, or -signal
+    char *out, *err;
+} Run;
+// Runs argv with stdout/stderr captured (stdout's final newline stripped); killed after 120 s.
+Run run(char *const argv[], int expect_failure);
+void run_free(Run *r);
+// A bad input must give exit status 1 and exactly one stderr line that contains expect.
+// args: NULL-terminated arguments after the binary.
+void expect_error(const char *nano, const char *what, const char *expect, char **args);
+
+// Entry points of the other test files.
+void test_unicode(void);                     // tests/test_unicode.c: NFC, character classes, UTF-8
+void test_tokenizer(void);                   // tests/test_tokenizer.c: encode/decode/templates in process
+void test_tokenizer_cli(const char *nano);   // tests/test_tokenizer.c: --tokenize, -p and friends end to end
+
+#endif
