@@ -78,7 +78,7 @@ char *read_file(const char *path, size_t *len) {
     return buf;
 }
 
-static char *path_join(const char *dir, const char *name) {
+char *path_join(const char *dir, const char *name) {
     size_t n = strlen(dir) + strlen(name) + 2;
     char *p = xmalloc(n);
     snprintf(p, n, "%s/%s", dir, name);
@@ -295,14 +295,7 @@ static void st_open(SafeTensors *st, const char *path) {
 // ---------------------------------------------------------------------------------------------
 // config.json
 
-typedef struct {
-    const char *path;
-    Json json;
-    const JsonNode *root;
-} JsonFile;
-
-// Returns 0 if the file does not exist (and required is 0); fatal on anything else wrong.
-static int json_file_open(JsonFile *f, const char *path, int required) {
+int json_file_open(JsonFile *f, const char *path, int required) {
     size_t len = 0;
     char *text = read_file(path, &len);
     f->path = path;
@@ -317,7 +310,7 @@ static int json_file_open(JsonFile *f, const char *path, int required) {
     return 1;
 }
 
-static void json_file_close(JsonFile *f) { json_free(&f->json); }
+void json_file_close(JsonFile *f) { json_free(&f->json); }
 
 // Present and not null.
 static const JsonNode *cfg_find(const JsonFile *f, const JsonNode *obj, const char *key) {
