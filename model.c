@@ -457,9 +457,20 @@ static void parse_config(Config *c, const char *dir) {
     free(path);
 
     // generation_config.json's stop ids take precedence (instruct models list both im_end and endoftext).
+    // Its sampling settings are the model's defaults, read as transformers' GenerationConfig does: absent
+    // keys take transformers' defaults, and without do_sample true decoding is greedy.
     path = path_join(dir, "generation_config.json");
+    c->sampling = (SamplerConfig){.temp = 0.7f, .top_k = 40, .top_p = 0.95f, .min_p = 0.0f, .repeat_penalty = 1.0f};
     if (json_file_open(&f, path, 0)) {
         cfg_eos(&f, c);
+        SamplerConfig *sc = &c->sampling;
+        *sc = (SamplerConfig){.temp = 1.0f, .top_k = 50, .top_p = 1.0f, .min_p = 0.0f, .repeat_penalty = 1.0f};
+        sc->temp = (float)cfg_num_in(&f, f.root, NULL, "temperature", sc->temp, 0, 100);
+        sc->top_k = (int)cfg_num_in(&f, f.root, NULL, "top_k", sc->top_k, 0, 1 << 24);
+        sc->top_p = (float)cfg_num_in(&f, f.root, NULL, "top_p", sc->top_p, 0, 1);
+        sc->min_p = (float)cfg_num_in(&f, f.root, NULL, "min_p", sc->min_p, 0, 1);
+        sc->repeat_penalty = (float)cfg_num_in(&f, f.root, NULL, "repetition_penalty", sc->repeat_penalty, 0.01, 100);
+        if (!cfg_bool(&f, "do_sample", 0)) sc->temp = 0;
         json_file_close(&f);
     }
     free(path);

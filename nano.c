@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "nano.h"
 
@@ -19,6 +20,8 @@ typedef struct {
     const char *model_dir;
     const char *prompt_ids;   // "1 2 3"
     const char *dump_logits;  // path
+    const char *tokenize;       // text
+    const char *tokenize_file;  // path
     int n_predict;
     int ctx;                  // 0: default
     int batch;
@@ -86,6 +89,8 @@ static void parse_args(Options *o, int argc, char **argv) {
         if (!strcmp(a, "-m") || !strcmp(a, "--model")) o->model_dir = v;
         else if (!strcmp(a, "--prompt-ids")) o->prompt_ids = v;
         else if (!strcmp(a, "--dump-logits")) o->dump_logits = v;
+        else if (!strcmp(a, "--tokenize")) o->tokenize = v;
+        else if (!strcmp(a, "--tokenize-file")) o->tokenize_file = v;
         else if (!strcmp(a, "-n") || !strcmp(a, "--n-predict")) o->n_predict = (int)parse_long(a, v, 0, 1 << 30);
         else if (!strcmp(a, "-c") || !strcmp(a, "--ctx")) o->ctx = (int)parse_long(a, v, 1, 1 << 24);
         else if (!strcmp(a, "-b") || !strcmp(a, "--batch")) o->batch = (int)parse_long(a, v, 1, 1 << 16);
@@ -98,6 +103,7 @@ static void parse_args(Options *o, int argc, char **argv) {
         else fatal("unknown option '%s' (see --help)", a);
     }
     if (!o->model_dir) fatal("no model: pass -m DIR (see --help)");
+    if (o->tokenize || o->tokenize_file) return;
     if (!o->prompt_ids) fatal("no prompt: pass --prompt-ids \"ID ID ...\" (see --help)");
 }
 
@@ -184,10 +190,38 @@ static void write_logits(const char *path, const float *logits, size_t count) {
     if (fclose(f) != 0 || n != count) fatal("--dump-logits %s: write failed", path);
 }
 
+static Tokenizer *load_tokenizer(const char *dir) {
+    char *path = path_join(dir, "tokenizer.json");
+    if (access(path, F_OK) != 0) fatal("%s: no tokenizer.json; text needs it (use --prompt-ids and --print-ids without one)", dir);
+    return tokenizer_load(path);
+}
+
+// --tokenize / --tokenize-file: ids on one line, space separated; no weights are loaded.
+static void tokenize_mode(const Options *o) {
+    Tokenizer *tok = load_tokenizer(o->model_dir);
+    size_t len;
+    char *text = o->tokenize ? strdup(o->tokenize) : read_file(o->tokenize_file, &len);
+    if (!text) fatal("--tokenize-file %s: %s", o->tokenize_file, strerror(errno));
+    len = strlen(text);  // NUL bytes end the text
+    char err[160];
+    int n;
+    int *ids = tokenizer_encode(tok, text, len, 1, &n, err, sizeof err);
+    if (!ids) fatal("%s: %s", o->tokenize ? "--tokenize" : o->tokenize_file, err);
+    for (int i = 0; i < n; i++) printf("%s%d", i ? " " : "", ids[i]);
+    printf("\n");
+    free(ids);
+    free(text);
+    tokenizer_free(tok);
+}
+
 #ifndef TESTING
 int main(int argc, char **argv) {
     Options o;
     parse_args(&o, argc, argv);
+    if (o.tokenize || o.tokenize_file) {
+        tokenize_mode(&o);
+        return 0;
+    }
 
     if (!o.force_ref) {
         char why[160];

@@ -116,6 +116,15 @@ typedef struct {
 typedef enum { FAMILY_QWEN2, FAMILY_QWEN3 } Family;
 typedef enum { ROPE_DEFAULT, ROPE_YARN } RopeType;
 
+// Sampling settings (sampler.c applies them); a model's defaults come from generation_config.json.
+typedef struct {
+    float temp;            // 0: greedy (argmax after the repetition penalty)
+    int top_k;             // 0: off
+    float top_p;           // 1: off
+    float min_p;           // 0: off
+    float repeat_penalty;  // 1: off; > 1 makes ids already in the context less likely
+} SamplerConfig;
+
 typedef struct {
     Family family;
     int hidden;          // H
@@ -139,6 +148,7 @@ typedef struct {
     int qk_norm;         // Qwen3: per-head RMSNorm of q and k before RoPE
     int eos[8];          // stop ids (generation_config.json, else config.json)
     int n_eos;
+    SamplerConfig sampling;  // generation_config.json's defaults, else nano's
 } Config;
 
 typedef struct {
@@ -240,6 +250,77 @@ long utf8_invalid_offset(const char *s, size_t n);
 // NFC (canonical decomposition, canonical ordering, canonical composition) of valid UTF-8 s[0..n):
 // a malloc'd NUL-terminated string, its length in *out_len.
 char *utf8_nfc(const char *s, size_t n, size_t *out_len);
+
+// ---------------------------------------------------------------------------------------------
+// Sampling (sampler.c), in transformers' order: repetition penalty, temperature, top-k, top-p, min-p
+
+
+typedef struct {
+    SamplerConfig c;
+    int n_ids;            // only ids [0, n_ids) are ever drawn (the tokenizer's, not padding rows)
+    uint64_t rng;
+    float *prob;          // [n_ids] scratch
+    int *order;           // [n_ids] scratch
+    unsigned char *seen;  // [n_ids] scratch
+} Sampler;
+
+void sampler_init(Sampler *s, const SamplerConfig *c, int n_ids, uint64_t seed);
+void sampler_free(Sampler *s);
+void sampler_seed(Sampler *s, uint64_t seed);
+// The distribution sampling draws from: probs[0..n_ids) sums to 1 over the ids the filters keep and is
+// 0 elsewhere; returns how many are kept. logits is modified. history: the ids in the context so far.
+int sampler_probs(Sampler *s, float *logits, const int *history, int n_history, float *probs);
+// Picks the next id (argmax when temp is 0); logits is modified.
+int sampler_sample(Sampler *s, float *logits, const int *history, int n_history);
+
+// ---------------------------------------------------------------------------------------------
+// Tokenizer (tokenizer.c): byte-level BPE from tokenizer.json, encoding exactly as HF tokenizers does
+
+typedef struct Tokenizer Tokenizer;
+
+Tokenizer *tokenizer_load(const char *path);  // tokenizer.json; fatal naming the file and field
+void tokenizer_free(Tokenizer *t);
+int tokenizer_n_ids(const Tokenizer *t);      // one past the largest id
+// Encodes text[0..len): added tokens, NFC, the Qwen split regex, byte-level BPE; add_special also
+// adds the post-processor's tokens (R1-Distill's BOS). Returns a malloc'd array of *n ids, or NULL
+// with err naming the problem (invalid UTF-8 and its byte offset).
+int *tokenizer_encode(Tokenizer *t, const char *text, size_t len, int add_special, int *n, char *err, size_t errlen);
+int tokenizer_find(const Tokenizer *t, const char *token);  // id of a vocab or added token, -1 if none
+// The bytes a token stands for (possibly part of a UTF-8 sequence); NULL for an id the tokenizer lacks.
+const char *tokenizer_bytes(const Tokenizer *t, int id, size_t *len);
+int tokenizer_is_special(const Tokenizer *t, int id);  // an added token marked special
+// Decodes ids to text (malloc'd, NUL-terminated, length in *len); skip_special drops special tokens.
+char *tokenizer_decode(const Tokenizer *t, const int *ids, int n, int skip_special, size_t *len);
+
+// Streaming UTF-8 for token-by-token output: bytes in, whole characters out. Invalid sequences become
+// U+FFFD as in HF's decode (each maximal invalid subpart, like Rust's from_utf8_lossy); an incomplete
+// sequence waits for the next bytes.
+typedef struct {
+    unsigned char pending[4];
+    int n;
+} Utf8Stream;
+// Writes at most 3 * (n + 4) bytes to out; returns how many.
+size_t utf8_stream_push(Utf8Stream *s, const char *bytes, size_t n, char *out);
+size_t utf8_stream_finish(Utf8Stream *s, char *out);  // what is still pending, as U+FFFD; at most 12 bytes
+
+// Chat templates, rendered without a Jinja engine: the template text in tokenizer_config.json (or
+// chat_template.jinja) only selects one of the formats below and its parameters.
+typedef enum { CHAT_NONE, CHAT_CHATML, CHAT_QWEN3, CHAT_DEEPSEEK } ChatFormat;
+typedef struct {
+    ChatFormat format;
+    char *default_system;  // ChatML: system prompt used when the chat has none (NULL: none)
+    char *bos;             // DeepSeek: the BOS token's text, which the template writes first
+    int think_in_prompt;   // DeepSeek: the generation prompt opens "<think>\n"
+} ChatTemplate;
+typedef struct {
+    const char *role;  // "system", "user" or "assistant"
+    const char *content;
+} ChatMessage;
+void chat_template_load(ChatTemplate *ct, const char *model_dir);  // CHAT_NONE when the model has none
+void chat_template_free(ChatTemplate *ct);
+const char *chat_format_name(ChatFormat f);
+// The prompt text for msgs[0..n); thinking: 1 on, 0 off (Qwen3's enable_thinking=false), -1 unset.
+char *chat_render(const ChatTemplate *ct, const ChatMessage *msgs, int n, int add_generation_prompt, int thinking);
 
 // ---------------------------------------------------------------------------------------------
 // GPU engine (kernels.cu)

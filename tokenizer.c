@@ -1,3 +1,830 @@
-// Tokenizer (tokenizer.json, byte-level BPE): not implemented yet. Until it is, nano takes prompts
-// as token ids (--prompt-ids) and prints generated ids (--print-ids).
+// Tokenizer: byte-level BPE as Hugging Face tokenizers runs Qwen's tokenizer.json, a streaming UTF-8
+// decoder, and the chat templates of the Qwen families rendered without a Jinja engine.
+//
+// Encoding, in HF's order: added tokens are cut out of the raw text first (leftmost-longest); each
+// remaining segment is NFC-normalized, split by the Qwen pre-tokenizer regex, mapped byte by byte to
+// GPT-2's printable characters, and merged by BPE in merge-rank order.
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
 #include "nano.h"
+// stb_ds spells GNU C's typeof, which strict -std=c11 only knows as __typeof__ (used for integer keys).
+#define typeof __typeof__
+#include "stb_ds.h"
+
+// The pre-tokenizer regex of every Qwen tokenizer.json; piece_end() implements exactly this pattern.
+static const char QWEN_SPLIT_REGEX[] =
+    "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+";
+
+#define BPE_CACHE_MAX 65536  // distinct pieces remembered before the cache starts over
+
+typedef struct {
+    int rank, merged;
+} Merge;
+
+typedef struct {
+    int start, n;  // a span of Tokenizer.cache_ids
+} IdSpan;
+
+typedef struct {
+    char *content;  // the literal text
+    int id, special;
+} AddedToken;
+
+struct Tokenizer {
+    const char *path;
+    int n_ids;
+    char **bytes;         // [n_ids] what each id decodes to (NULL: no such id)
+    int *bytes_len;       // [n_ids]
+    unsigned char *special;  // [n_ids] added tokens marked special
+    struct { char *key; int value; } *vocab;        // token text (byte-level form) -> id
+    struct { uint64_t key; Merge value; } *merges;  // (left id << 32 | right id) -> rank, result
+    int byte_id[256];     // id of each single byte's token
+    AddedToken *added;    // stb_ds array, longest first
+    unsigned char added_first[256];  // bytes that start some added token
+    int *prefix, *suffix;  // stb_ds arrays: ids the post-processor adds around the text
+    // BPE results of pieces seen before: piece bytes -> (start, count) in cache_ids.
+    struct { char *key; IdSpan value; } *cache;
+    int *cache_ids;
+};
+
+// ---------------------------------------------------------------------------------------------
+// GPT-2's byte <-> character table: printable bytes stand for themselves, the other 68 move to
+// U+0100 and up in byte order, so every byte has a visible character.
+
+static uint32_t byte_char[256];
+
+static void init_byte_chars(void) {
+    int extra = 0;
+    for (int b = 0; b < 256; b++) {
+        int printable = (b >= 33 && b <= 126) || (b >= 161 && b <= 172) || (b >= 174 && b <= 255);
+        byte_char[b] = printable ? (uint32_t)b : 0x100u + (uint32_t)extra++;
+    }
+}
+
+static int char_byte(uint32_t cp) {  // inverse of byte_char, -1 if cp stands for no byte
+    if (cp < 256 && byte_char[cp] == cp) return (int)cp;
+    if (cp >= 0x100 && cp < 0x100 + 68)
+        for (int b = 0; b < 256; b++)
+            if (byte_char[b] == cp) return b;
+    return -1;
+}
+
+// What a token's text decodes to, as HF's ByteLevel decoder does it: each character back to its byte,
+// or, if some character stands for no byte, the text's own UTF-8 bytes.
+static char *token_bytes(const char *text, size_t len, int *out_len) {
+    char *out = xmalloc(len + 1);
+    int n = 0;
+    for (size_t i = 0; i < len;) {
+        uint32_t cp;
+        int l = utf8_decode((const unsigned char *)text + i, len - i, &cp);
+        int b = l ? char_byte(cp) : -1;
+        if (b < 0) {
+            memcpy(out, text, len);
+            *out_len = (int)len;
+            return out;
+        }
+        out[n++] = (char)b;
+        i += (size_t)l;
+    }
+    *out_len = n;
+    return out;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Loading tokenizer.json
+
+NANO_NORETURN NANO_PRINTF(2, 3) static void tok_fail(const Tokenizer *t, const char *fmt, ...);
+static void tok_fail(const Tokenizer *t, const char *fmt, ...) {
+    char msg[400];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    fatal("%s: %s", t->path, msg);
+}
+
+static const JsonNode *need(const Tokenizer *t, const JsonFile *f, const JsonNode *obj, const char *key, JsonType type,
+                            const char *where) {
+    const JsonNode *n = json_get(&f->json, obj, key);
+    static const char *names[] = {"null", "false", "true", "a number", "a string", "an array", "an object"};
+    const char *want = type == JSON_TRUE ? "a boolean" : names[type];
+    if (!n) tok_fail(t, "missing '%s%s'", where, key);
+    int ok = type == JSON_TRUE ? (n->type == JSON_TRUE || n->type == JSON_FALSE) : n->type == type;
+    if (!ok) tok_fail(t, "'%s%s' must be %s", where, key, want);
+    return n;
+}
+
+static int is_true(const Json *j, const JsonNode *obj, const char *key) {
+    const JsonNode *n = json_get(j, obj, key);
+    return n && n->type == JSON_TRUE;
+}
+
+static int valid_id(const Tokenizer *t, const JsonNode *n, const char *what) {
+    if (n->type != JSON_NUMBER || !n->is_integer || n->num < 0 || n->num >= (1 << 24))
+        tok_fail(t, "%s must be an integer in [0, 2^24)", what);
+    return (int)n->num;
+}
+
+static void set_token(Tokenizer *t, int id, const char *text, size_t len, const char *what) {
+    if (id >= t->n_ids) {
+        int n = id + 1;
+        t->bytes = realloc(t->bytes, (size_t)n * sizeof *t->bytes);
+        t->bytes_len = realloc(t->bytes_len, (size_t)n * sizeof *t->bytes_len);
+        t->special = realloc(t->special, (size_t)n);
+        if (!t->bytes || !t->bytes_len || !t->special) fatal("out of memory");
+        for (int i = t->n_ids; i < n; i++) t->bytes[i] = NULL, t->bytes_len[i] = 0, t->special[i] = 0;
+        t->n_ids = n;
+    }
+    if (t->bytes[id]) tok_fail(t, "%s: id %d is used twice", what, id);
+    t->bytes[id] = token_bytes(text, len, &t->bytes_len[id]);
+}
+
+// The normalizer, pre-tokenizer and decoder must be the ones Qwen uses; anything else would be
+// tokenized differently from HF, silently, so it is refused.
+static void check_pipeline(Tokenizer *t, const JsonFile *f) {
+    const Json *j = &f->json;
+    const JsonNode *norm = json_get(j, f->root, "normalizer");
+    const JsonNode *type = norm && norm->type == JSON_OBJECT ? json_get(j, norm, "type") : NULL;
+    if (norm && norm->type != JSON_NULL && !(type && type->type == JSON_STRING && !strcmp(type->str, "NFC")))
+        tok_fail(t, "'normalizer' must be NFC or null (nano implements Qwen's pipeline only)");
+
+    const JsonNode *pre = need(t, f, f->root, "pre_tokenizer", JSON_OBJECT, "");
+    const JsonNode *seq = json_get(j, pre, "pretokenizers");
+    const JsonNode *split = seq && seq->type == JSON_ARRAY && seq->count == 2 ? json_first(j, seq) : NULL;
+    const JsonNode *bytelevel = split ? json_next(j, split) : NULL;
+    const JsonNode *pattern = split ? json_get(j, split, "pattern") : NULL;
+    const JsonNode *regex = pattern && pattern->type == JSON_OBJECT ? json_get(j, pattern, "Regex") : NULL;
+    const JsonNode *behavior = split ? json_get(j, split, "behavior") : NULL;
+    const JsonNode *bl_type = bytelevel ? json_get(j, bytelevel, "type") : NULL;
+    if (!regex || regex->type != JSON_STRING || strcmp(regex->str, QWEN_SPLIT_REGEX) || !behavior ||
+        behavior->type != JSON_STRING || strcmp(behavior->str, "Isolated") || is_true(j, split, "invert") || !bl_type ||
+        bl_type->type != JSON_STRING || strcmp(bl_type->str, "ByteLevel") || is_true(j, bytelevel, "add_prefix_space") ||
+        is_true(j, bytelevel, "use_regex"))
+        tok_fail(t, "'pre_tokenizer' must be Qwen's: Split on the Qwen regex (Isolated), then ByteLevel without prefix space or regex");
+
+    const JsonNode *dec = need(t, f, f->root, "decoder", JSON_OBJECT, "");
+    const JsonNode *dec_type = json_get(j, dec, "type");
+    if (!dec_type || dec_type->type != JSON_STRING || strcmp(dec_type->str, "ByteLevel"))
+        tok_fail(t, "'decoder.type' must be ByteLevel");
+}
+
+static void load_vocab(Tokenizer *t, const JsonFile *f, const JsonNode *model) {
+    const Json *j = &f->json;
+    const JsonNode *type = need(t, f, model, "type", JSON_STRING, "model.");
+    if (strcmp(type->str, "BPE")) tok_fail(t, "'model.type' is '%s', expected BPE", type->str);
+    if (is_true(j, model, "byte_fallback")) tok_fail(t, "'model.byte_fallback' must be false (byte-level BPE needs no fallback)");
+    if (is_true(j, model, "ignore_merges")) tok_fail(t, "'model.ignore_merges' must be false");
+    const JsonNode *vocab = need(t, f, model, "vocab", JSON_OBJECT, "model.");
+    sh_new_strdup(t->vocab);
+    for (const JsonNode *e = json_first(j, vocab); e; e = json_next(j, e)) {
+        int id = valid_id(t, e, "'model.vocab' values");
+        set_token(t, id, e->key, e->key_len, "'model.vocab'");
+        shput(t->vocab, e->key, id);
+    }
+    for (int b = 0; b < 256; b++) {
+        char s[4];
+        int n = utf8_encode(byte_char[b], s);
+        char key[5] = {0};
+        memcpy(key, s, (size_t)n);
+        t->byte_id[b] = shget(t->vocab, key);
+        if (shgeti(t->vocab, key) < 0) tok_fail(t, "'model.vocab' lacks the token for byte 0x%02x ('%s')", b, key);
+    }
+}
+
+static int vocab_id(Tokenizer *t, const char *s, long merge) {
+    ptrdiff_t i = shgeti(t->vocab, s);
+    if (i < 0) tok_fail(t, "'model.merges'[%ld]: '%s' is not in 'model.vocab'", merge, s);
+    return t->vocab[i].value;
+}
+
+// Merges come as "left right" strings (Qwen2/2.5 files) or ["left", "right"] pairs (Qwen3 files).
+static void load_merges(Tokenizer *t, const JsonFile *f, const JsonNode *model) {
+    const Json *j = &f->json;
+    const JsonNode *merges = need(t, f, model, "merges", JSON_ARRAY, "model.");
+    char *joined = NULL;
+    long rank = 0;
+    for (const JsonNode *e = json_first(j, merges); e; e = json_next(j, e), rank++) {
+        const char *left, *right;
+        size_t left_len, right_len;
+        char *space = NULL;
+        if (e->type == JSON_STRING && (space = strchr(e->str, ' ')) && !strchr(space + 1, ' ')) {
+            left = e->str, left_len = (size_t)(space - e->str);
+            right = space + 1, right_len = strlen(right);
+        } else if (e->type == JSON_ARRAY && e->count == 2 && json_first(j, e)->type == JSON_STRING &&
+                   json_next(j, json_first(j, e))->type == JSON_STRING) {
+            const JsonNode *a = json_first(j, e), *b = json_next(j, a);
+            left = a->str, left_len = a->len, right = b->str, right_len = b->len;
+        } else {
+            tok_fail(t, "'model.merges'[%ld] must be a \"left right\" string or a [\"left\", \"right\"] pair", rank);
+        }
+        arrsetlen(joined, left_len + right_len + 1);
+        memcpy(joined, left, left_len);
+        joined[left_len] = 0;
+        int l = vocab_id(t, joined, rank);
+        memcpy(joined, right, right_len);
+        joined[right_len] = 0;
+        int r = vocab_id(t, joined, rank);
+        memcpy(joined, left, left_len);
+        memcpy(joined + left_len, right, right_len);
+        joined[left_len + right_len] = 0;
+        Merge m = {(int)rank, vocab_id(t, joined, rank)};
+        uint64_t key = (uint64_t)l << 32 | (uint32_t)r;
+        if (hmgeti(t->merges, key) < 0) hmput(t->merges, key, m);  // a repeated pair keeps its first rank
+    }
+    arrfree(joined);
+}
+
+static int longest_first(const void *a, const void *b) {
+    size_t la = strlen(((const AddedToken *)a)->content), lb = strlen(((const AddedToken *)b)->content);
+    return la < lb ? 1 : la > lb ? -1 : 0;
+}
+
+static void load_added(Tokenizer *t, const JsonFile *f) {
+    const Json *j = &f->json;
+    const JsonNode *added = json_get(j, f->root, "added_tokens");
+    if (!added || added->type == JSON_NULL) return;
+    if (added->type != JSON_ARRAY) tok_fail(t, "'added_tokens' must be an array");
+    int k = 0;
+    for (const JsonNode *e = json_first(j, added); e; e = json_next(j, e), k++) {
+        char where[32];
+        snprintf(where, sizeof where, "added_tokens[%d].", k);
+        if (e->type != JSON_OBJECT) tok_fail(t, "'added_tokens[%d]' must be an object", k);
+        int id = valid_id(t, need(t, f, e, "id", JSON_NUMBER, where), "'added_tokens[].id'");
+        const JsonNode *content = need(t, f, e, "content", JSON_STRING, where);
+        if (!content->len) tok_fail(t, "'%scontent' is empty", where);
+        if (id < t->n_ids && t->bytes[id]) {  // also in the vocab: it must say the same
+            ptrdiff_t v = shgeti(t->vocab, content->str);
+            if (v < 0 || t->vocab[v].value != id) tok_fail(t, "'%sid' %d is already a different vocab token", where, id);
+        } else {
+            set_token(t, id, content->str, content->len, "'added_tokens'");
+        }
+        t->special[id] = (unsigned char)is_true(j, e, "special");
+        AddedToken a = {strdup(content->str), id, t->special[id]};
+        if (!a.content) fatal("out of memory");
+        arrput(t->added, a);
+        t->added_first[(unsigned char)a.content[0]] = 1;
+    }
+    qsort(t->added, (size_t)arrlen(t->added), sizeof *t->added, longest_first);
+}
+
+// The post-processor decides what encode(add_special) adds: nothing for Qwen (ByteLevel), the BOS for
+// R1-Distill (TemplateProcessing "single": [BOS, $A]).
+static void load_post_processor(Tokenizer *t, const JsonFile *f, const JsonNode *pp) {
+    const Json *j = &f->json;
+    if (!pp || pp->type == JSON_NULL) return;
+    const JsonNode *type = need(t, f, pp, "type", JSON_STRING, "post_processor.");
+    if (!strcmp(type->str, "ByteLevel")) return;  // offsets only
+    if (!strcmp(type->str, "Sequence")) {
+        const JsonNode *list = need(t, f, pp, "processors", JSON_ARRAY, "post_processor.");
+        for (const JsonNode *e = json_first(j, list); e; e = json_next(j, e)) load_post_processor(t, f, e);
+        return;
+    }
+    if (strcmp(type->str, "TemplateProcessing")) tok_fail(t, "'post_processor.type' %s is not supported", type->str);
+    const JsonNode *single = need(t, f, pp, "single", JSON_ARRAY, "post_processor.");
+    const JsonNode *specials = need(t, f, pp, "special_tokens", JSON_OBJECT, "post_processor.");
+    int seen_text = 0;
+    for (const JsonNode *e = json_first(j, single); e; e = json_next(j, e)) {
+        const JsonNode *sp = e->type == JSON_OBJECT ? json_get(j, e, "SpecialToken") : NULL;
+        if (e->type == JSON_OBJECT && json_get(j, e, "Sequence")) {
+            seen_text = 1;
+            continue;
+        }
+        const JsonNode *name = sp ? json_get(j, sp, "id") : NULL;
+        if (!name || name->type != JSON_STRING) tok_fail(t, "'post_processor.single' items must be SpecialToken or Sequence");
+        const JsonNode *tok = json_get(j, specials, name->str);
+        const JsonNode *ids = tok && tok->type == JSON_OBJECT ? json_get(j, tok, "ids") : NULL;
+        if (!ids || ids->type != JSON_ARRAY) tok_fail(t, "'post_processor.special_tokens' lacks ids for '%s'", name->str);
+        for (const JsonNode *i = json_first(j, ids); i; i = json_next(j, i)) {
+            int id = valid_id(t, i, "'post_processor.special_tokens' ids");
+            if (seen_text) arrput(t->suffix, id);
+            else arrput(t->prefix, id);
+        }
+    }
+}
+
+Tokenizer *tokenizer_load(const char *path) {
+    if (!byte_char[255]) init_byte_chars();
+    Tokenizer *t = xcalloc(1, sizeof *t);
+    t->path = path;
+    JsonFile f;
+    json_file_open(&f, path, 1);
+    check_pipeline(t, &f);
+    const JsonNode *model = need(t, &f, f.root, "model", JSON_OBJECT, "");
+    load_vocab(t, &f, model);
+    load_merges(t, &f, model);
+    load_added(t, &f);
+    load_post_processor(t, &f, json_get(&f.json, f.root, "post_processor"));
+    json_file_close(&f);
+    sh_new_strdup(t->cache);
+    return t;
+}
+
+void tokenizer_free(Tokenizer *t) {
+    if (!t) return;
+    for (int i = 0; i < t->n_ids; i++) free(t->bytes[i]);
+    for (ptrdiff_t i = 0; i < arrlen(t->added); i++) free(t->added[i].content);
+    free(t->bytes);
+    free(t->bytes_len);
+    free(t->special);
+    shfree(t->vocab);
+    hmfree(t->merges);
+    arrfree(t->added);
+    arrfree(t->prefix);
+    arrfree(t->suffix);
+    shfree(t->cache);
+    arrfree(t->cache_ids);
+    free(t);
+}
+
+int tokenizer_n_ids(const Tokenizer *t) { return t->n_ids; }
+
+int tokenizer_find(const Tokenizer *t, const char *token) {
+    for (ptrdiff_t i = 0; i < arrlen(t->added); i++)
+        if (!strcmp(t->added[i].content, token)) return t->added[i].id;
+    ptrdiff_t i = shgeti(((Tokenizer *)t)->vocab, token);  // stb_ds lookups take a non-const map
+    return i < 0 ? -1 : t->vocab[i].value;
+}
+
+const char *tokenizer_bytes(const Tokenizer *t, int id, size_t *len) {
+    if (id < 0 || id >= t->n_ids || !t->bytes[id]) return NULL;
+    *len = (size_t)t->bytes_len[id];
+    return t->bytes[id];
+}
+
+int tokenizer_is_special(const Tokenizer *t, int id) { return id >= 0 && id < t->n_ids && t->special[id]; }
+
+// ---------------------------------------------------------------------------------------------
+// Pre-tokenizer: the Qwen split regex, alternative by alternative in the regex's order (the first
+// alternative that matches at a position wins, as in a backtracking engine).
+
+typedef struct {
+    const char *s;
+    size_t n;
+} Text;
+
+static int cp_at(Text x, size_t i, uint32_t *cp) {  // length of the character at i, 0 at the end
+    if (i >= x.n) return 0;
+    int l = utf8_decode((const unsigned char *)x.s + i, x.n - i, cp);
+    if (!l) *cp = 0xFFFD, l = 1;  // callers pass valid UTF-8; stay in bounds regardless
+    return l;
+}
+
+static int is_letter(uint32_t c) { return uc_class(c) & UC_LETTER; }
+static int is_space(uint32_t c) { return uc_class(c) & UC_SPACE; }
+static int is_other(uint32_t c) { return !(uc_class(c) & (UC_LETTER | UC_NUMBER | UC_SPACE)); }  // [^\s\p{L}\p{N}]
+
+// (?i:...) folds case: ASCII letters, and U+017F LATIN SMALL LETTER LONG S, whose case fold is 's'.
+static uint32_t fold(uint32_t c) { return c >= 'A' && c <= 'Z' ? c + 32 : c == 0x17F ? 's' : c; }
+
+static size_t run_end(Text x, size_t i, int (*in_class)(uint32_t)) {
+    uint32_t c;
+    int l;
+    while ((l = cp_at(x, i, &c)) && in_class(c)) i += (size_t)l;
+    return i;
+}
+
+static int is_newline(uint32_t c) { return c == '\r' || c == '\n'; }
+
+// End of the piece that starts at i (< x.n).
+static size_t piece_end(Text x, size_t i) {
+    uint32_t c, d, e;
+    int lc = cp_at(x, i, &c);
+    int ld = cp_at(x, i + (size_t)lc, &d);
+    // (?i:'s|'t|'re|'ve|'m|'ll|'d)
+    if (c == '\'' && ld) {
+        uint32_t a = fold(d);
+        if (a == 's' || a == 't' || a == 'm' || a == 'd') return i + (size_t)(lc + ld);
+        int le = cp_at(x, i + (size_t)(lc + ld), &e);
+        if (le) {
+            uint32_t b = fold(e);
+            if ((a == 'r' && b == 'e') || (a == 'v' && b == 'e') || (a == 'l' && b == 'l')) return i + (size_t)(lc + ld + le);
+        }
+    }
+    int cls = uc_class(c);
+    // [^\r\n\p{L}\p{N}]?\p{L}+
+    if (cls & UC_LETTER) return run_end(x, i, is_letter);
+    if (!(cls & UC_NUMBER) && !is_newline(c) && ld && is_letter(d)) return run_end(x, i + (size_t)lc, is_letter);
+    // \p{N}
+    if (cls & UC_NUMBER) return i + (size_t)lc;
+    // ' ?[^\s\p{L}\p{N}]+[\r\n]*'
+    size_t j = c == ' ' && ld && is_other(d) ? i + (size_t)lc : i;
+    uint32_t first;
+    cp_at(x, j, &first);
+    if (is_other(first)) return run_end(x, run_end(x, j, is_other), is_newline);
+    // Whitespace from here on.
+    // \s*[\r\n]+ : up to and including the run's last newline
+    size_t end = i, after_newline = 0, last_start = i;
+    int l;
+    while ((l = cp_at(x, end, &e)) && is_space(e)) {
+        last_start = end;
+        end += (size_t)l;
+        if (is_newline(e)) after_newline = end;
+    }
+    if (after_newline) return after_newline;
+    // \s+(?!\S) : the whole run at the end of the text, else all but its last character
+    if (end == x.n || last_start == i) return end;  // the last alternative, \s+, takes a single one
+    return last_start;
+}
+
+// ---------------------------------------------------------------------------------------------
+// BPE
+
+// Appends the BPE ids of one piece (raw bytes) to *out, through the cache.
+static void bpe_piece(Tokenizer *t, const char *piece, size_t len, int **out) {
+    char key[256];
+    int cacheable = len < sizeof key;
+    if (cacheable) {
+        memcpy(key, piece, len);
+        key[len] = 0;
+        ptrdiff_t k = shgeti(t->cache, key);
+        if (k >= 0) {
+            for (int i = 0; i < t->cache[k].value.n; i++) arrput(*out, t->cache_ids[t->cache[k].value.start + i]);
+            return;
+        }
+    }
+    int *sym = xmalloc(len * sizeof *sym);
+    size_t n = len;
+    for (size_t i = 0; i < len; i++) sym[i] = t->byte_id[(unsigned char)piece[i]];
+    // Merge the lowest-ranked adjacent pair (the leftmost among equals) until none is in the table.
+    for (;;) {
+        int best_rank = -1, best_merged = 0;
+        size_t best = 0;
+        for (size_t i = 0; i + 1 < n; i++) {
+            ptrdiff_t m = hmgeti(t->merges, (uint64_t)sym[i] << 32 | (uint32_t)sym[i + 1]);
+            if (m >= 0 && (best_rank < 0 || t->merges[m].value.rank < best_rank))
+                best_rank = t->merges[m].value.rank, best_merged = t->merges[m].value.merged, best = i;
+        }
+        if (best_rank < 0) break;
+        sym[best] = best_merged;
+        memmove(sym + best + 1, sym + best + 2, (n - best - 2) * sizeof *sym);
+        n--;
+    }
+    if (cacheable) {
+        if (shlen(t->cache) >= BPE_CACHE_MAX) {
+            shfree(t->cache);
+            sh_new_strdup(t->cache);
+            arrfree(t->cache_ids);
+        }
+        int start = (int)arrlen(t->cache_ids);
+        for (size_t i = 0; i < n; i++) arrput(t->cache_ids, sym[i]);
+        IdSpan span = {start, (int)n};
+        shput(t->cache, key, span);
+    }
+    for (size_t i = 0; i < n; i++) arrput(*out, sym[i]);
+    free(sym);
+}
+
+// A segment between added tokens: NFC, split, BPE.
+static void encode_segment(Tokenizer *t, const char *s, size_t len, int **out) {
+    if (!len) return;
+    size_t n;
+    char *nfc = utf8_nfc(s, len, &n);
+    Text x = {nfc, n};
+    for (size_t i = 0; i < n;) {
+        size_t end = piece_end(x, i);
+        bpe_piece(t, nfc + i, end - i, out);
+        i = end;
+    }
+    free(nfc);
+}
+
+// The longest added token that starts at s[0..n), or NULL.
+static const AddedToken *added_at(const Tokenizer *t, const char *s, size_t n) {
+    if (!t->added_first[(unsigned char)s[0]]) return NULL;
+    for (ptrdiff_t k = 0; k < arrlen(t->added); k++) {  // longest first
+        size_t l = strlen(t->added[k].content);
+        if (l <= n && !memcmp(s, t->added[k].content, l)) return &t->added[k];
+    }
+    return NULL;
+}
+
+int *tokenizer_encode(Tokenizer *t, const char *text, size_t len, int add_special, int *n_out, char *err, size_t errlen) {
+    long bad = utf8_invalid_offset(text, len);
+    if (bad >= 0) {
+        snprintf(err, errlen, "invalid UTF-8 at byte offset %ld (byte 0x%02x)", bad, (unsigned char)text[bad]);
+        return NULL;
+    }
+    int *ids = NULL;
+    if (add_special)
+        for (ptrdiff_t i = 0; i < arrlen(t->prefix); i++) arrput(ids, t->prefix[i]);
+    size_t seg = 0;
+    for (size_t i = 0; i < len;) {
+        const AddedToken *a = added_at(t, text + i, len - i);
+        if (!a) {
+            i++;
+            continue;
+        }
+        encode_segment(t, text + seg, i - seg, &ids);
+        arrput(ids, a->id);
+        i += strlen(a->content);
+        seg = i;
+    }
+    encode_segment(t, text + seg, len - seg, &ids);
+    if (add_special)
+        for (ptrdiff_t i = 0; i < arrlen(t->suffix); i++) arrput(ids, t->suffix[i]);
+    // Hand back plain malloc'd memory, not an stb_ds array.
+    int n = (int)arrlen(ids);
+    int *out = xmalloc((size_t)(n ? n : 1) * sizeof *out);
+    if (n) memcpy(out, ids, (size_t)n * sizeof *out);
+    arrfree(ids);
+    *n_out = n;
+    return out;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Decoding
+
+// Bytes of a valid sequence so far: how many of s[0..n) continue the sequence led by s[0] validly
+// (Unicode Table 3-7), and the full length that lead byte needs (0 if it can lead nothing).
+static int utf8_prefix(const unsigned char *s, int n, int *need) {
+    unsigned char b = s[0];
+    unsigned char lo = 0x80, hi = 0xBF;
+    if (b < 0x80) return *need = 1, 1;
+    if (b >= 0xC2 && b <= 0xDF) *need = 2;
+    else if (b >= 0xE0 && b <= 0xEF) *need = 3, lo = b == 0xE0 ? 0xA0 : 0x80, hi = b == 0xED ? 0x9F : 0xBF;
+    else if (b >= 0xF0 && b <= 0xF4) *need = 4, lo = b == 0xF0 ? 0x90 : 0x80, hi = b == 0xF4 ? 0x8F : 0xBF;
+    else return *need = 0, 0;
+    int k = 1;
+    if (k < n && s[k] >= lo && s[k] <= hi) k++;
+    else return k;
+    while (k < n && k < *need && s[k] >= 0x80 && s[k] <= 0xBF) k++;
+    return k;
+}
+
+static const char REPLACEMENT[] = "\xEF\xBF\xBD";  // U+FFFD
+
+size_t utf8_stream_push(Utf8Stream *s, const char *bytes, size_t n, char *out) {
+    size_t o = 0;
+    for (size_t i = 0; i < n; i++) {
+        s->pending[s->n++] = (unsigned char)bytes[i];
+        // Emit every character or invalid subpart the pending bytes settle.
+        while (s->n) {
+            int need, ok = utf8_prefix(s->pending, s->n, &need);
+            if (need && ok == need) {  // a whole character
+                memcpy(out + o, s->pending, (size_t)need);
+                o += (size_t)need;
+            } else if (need && ok == s->n) {  // valid so far: wait for more
+                break;
+            } else {  // s->pending[0..max(ok,1)) can start no character: one U+FFFD for it
+                memcpy(out + o, REPLACEMENT, 3);
+                o += 3;
+                need = ok ? ok : 1;
+            }
+            memmove(s->pending, s->pending + need, (size_t)(s->n - need));
+            s->n -= need;
+        }
+    }
+    return o;
+}
+
+size_t utf8_stream_finish(Utf8Stream *s, char *out) {
+    size_t o = 0;
+    if (s->n) {  // an unfinished valid prefix is one maximal subpart
+        memcpy(out, REPLACEMENT, 3);
+        o = 3;
+    }
+    s->n = 0;
+    return o;
+}
+
+char *tokenizer_decode(const Tokenizer *t, const int *ids, int n, int skip_special, size_t *len) {
+    size_t cap = 16, o = 0;
+    for (int i = 0; i < n; i++) {
+        size_t l = 0;
+        if (tokenizer_bytes(t, ids[i], &l)) cap += 3 * (l + 4);
+    }
+    char *out = xmalloc(cap);
+    Utf8Stream st = {{0}, 0};
+    for (int i = 0; i < n; i++) {
+        size_t l;
+        const char *b = tokenizer_bytes(t, ids[i], &l);
+        if (!b || (skip_special && t->special[ids[i]])) continue;
+        o += utf8_stream_push(&st, b, l, out + o);
+    }
+    o += utf8_stream_finish(&st, out + o);
+    out[o] = 0;
+    *len = o;
+    return out;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Chat templates
+
+const char *chat_format_name(ChatFormat f) {
+    static const char *names[] = {"none", "chatml", "qwen3", "deepseek-r1"};
+    return names[f];
+}
+
+// Unescapes the Jinja string literal that starts right after s (up to its closing quote q).
+static char *literal_after(const char *s, char q) {
+    char *out = xmalloc(strlen(s) + 1);
+    size_t o = 0;
+    for (; *s && *s != q; s++) {
+        if (*s == '\\' && s[1]) {
+            s++;
+            out[o++] = *s == 'n' ? '\n' : *s == 't' ? '\t' : *s;
+        } else {
+            out[o++] = *s;
+        }
+    }
+    out[o] = 0;
+    return out;
+}
+
+// The default system prompt of a ChatML template: the literal text of its
+// '<|im_start|>system\n...<|im_end|>' line, where that line holds a literal rather than a variable.
+static char *chatml_default_system(const char *tmpl) {
+    static const char opener[] = "<|im_start|>system\\n";
+    for (const char *p = strstr(tmpl, opener); p; p = strstr(p + 1, opener)) {
+        const char *body = p + strlen(opener);
+        if (*body == '\'' || *body == '"') continue;  // ... + messages[0]['content'] + ...
+        char q = p > tmpl && (p[-1] == '"') ? '"' : '\'';
+        char *text = literal_after(body, q);
+        char *end = strstr(text, "<|im_end|>");
+        if (end) {
+            *end = 0;
+            return text;
+        }
+        free(text);
+    }
+    return NULL;
+}
+
+static char *read_template(const char *dir, char **bos) {
+    *bos = NULL;
+    char *path = path_join(dir, "tokenizer_config.json");
+    JsonFile f;
+    char *tmpl = NULL;
+    if (json_file_open(&f, path, 0)) {
+        const JsonNode *ct = json_get(&f.json, f.root, "chat_template");
+        if (ct && ct->type == JSON_STRING) tmpl = strdup(ct->str);
+        else if (ct && ct->type == JSON_ARRAY)  // [{"name": "default", "template": ...}, ...]
+            for (const JsonNode *e = json_first(&f.json, ct); e && !tmpl; e = json_next(&f.json, e)) {
+                const JsonNode *name = json_get(&f.json, e, "name"), *body = json_get(&f.json, e, "template");
+                if (name && name->type == JSON_STRING && !strcmp(name->str, "default") && body && body->type == JSON_STRING)
+                    tmpl = strdup(body->str);
+            }
+        else if (ct && ct->type != JSON_NULL) fatal("%s: 'chat_template' must be a string or a list of named templates", path);
+        const JsonNode *b = json_get(&f.json, f.root, "bos_token");
+        if (b && b->type == JSON_OBJECT) b = json_get(&f.json, b, "content");
+        if (b && b->type == JSON_STRING) *bos = strdup(b->str);
+        json_file_close(&f);
+    }
+    free(path);
+    if (!tmpl) {
+        path = path_join(dir, "chat_template.jinja");
+        size_t len;
+        tmpl = read_file(path, &len);
+        if (!tmpl && errno != ENOENT) fatal("%s: %s", path, strerror(errno));
+        free(path);
+    }
+    return tmpl;
+}
+
+void chat_template_load(ChatTemplate *ct, const char *dir) {
+    memset(ct, 0, sizeof *ct);
+    char *bos;
+    char *tmpl = read_template(dir, &bos);
+    if (!tmpl) {
+        free(bos);
+        return;
+    }
+    if (strstr(tmpl, "<｜Assistant｜>")) {
+        ct->format = CHAT_DEEPSEEK;
+        ct->bos = bos ? bos : strdup("");
+        ct->think_in_prompt = strstr(tmpl, "'<｜Assistant｜><think>\\n'") != NULL;
+        bos = NULL;
+    } else if (strstr(tmpl, "<|im_start|>")) {
+        ct->format = strstr(tmpl, "<think>") ? CHAT_QWEN3 : CHAT_CHATML;
+        if (ct->format == CHAT_CHATML) ct->default_system = chatml_default_system(tmpl);
+    } else {
+        fatal("%s: its chat_template is neither ChatML nor DeepSeek's; pass --raw to prompt it with plain text", dir);
+    }
+    free(bos);
+    free(tmpl);
+}
+
+void chat_template_free(ChatTemplate *ct) {
+    free(ct->default_system);
+    free(ct->bos);
+    memset(ct, 0, sizeof *ct);
+}
+
+static void put(char **out, const char *s) {
+    size_t n = strlen(s);
+    memcpy(arraddnptr(*out, n), s, n);
+}
+
+static void put_n(char **out, const char *s, size_t n) { memcpy(arraddnptr(*out, n), s, n); }
+
+// Python's str.strip(chars) family on s[0..*n): returns the new start, adjusts *n.
+static const char *strip_chars(const char *s, size_t *n, const char *chars, int left, int right) {
+    while (left && *n && strchr(chars, *s)) s++, (*n)--;
+    while (right && *n && strchr(chars, s[*n - 1])) (*n)--;
+    return s;
+}
+
+// Qwen3: an assistant message's reasoning and answer, split at its last "</think>" as the template does.
+static void split_reasoning(const char *content, const char **reason, size_t *reason_n, const char **answer, size_t *answer_n) {
+    const char *close = NULL;
+    for (const char *p = strstr(content, "</think>"); p; p = strstr(p + 1, "</think>")) close = p;
+    if (!close) {
+        *reason = "", *reason_n = 0, *answer = content, *answer_n = strlen(content);
+        return;
+    }
+    // reasoning = content.split('</think>')[0].rstrip('\n').split('<think>')[-1].lstrip('\n')
+    const char *first_close = strstr(content, "</think>");
+    size_t n = (size_t)(first_close - content);
+    const char *r = strip_chars(content, &n, "\n", 0, 1);
+    const char *open = NULL;
+    for (const char *p = r; (p = strstr(p, "<think>")) && p + 7 <= r + n; p++) open = p;
+    if (open) n -= (size_t)(open + 7 - r), r = open + 7;
+    *reason = strip_chars(r, &n, "\n", 1, 0);
+    *reason_n = n;
+    // answer = content.split('</think>')[-1].lstrip('\n')
+    n = strlen(close + 8);
+    *answer = strip_chars(close + 8, &n, "\n", 1, 0);
+    *answer_n = n;
+}
+
+static char *render_chatml(const ChatTemplate *ct, const ChatMessage *msgs, int n, int add_generation_prompt, int thinking) {
+    char *out = NULL;
+    int first = 0;
+    if (n && !strcmp(msgs[0].role, "system")) {
+        put(&out, "<|im_start|>system\n");
+        put(&out, msgs[0].content);
+        put(&out, "<|im_end|>\n");
+        first = 1;
+    } else if (ct->default_system) {
+        put(&out, "<|im_start|>system\n");
+        put(&out, ct->default_system);
+        put(&out, "<|im_end|>\n");
+    }
+    int last_user = -1;
+    for (int i = 0; i < n; i++)
+        if (!strcmp(msgs[i].role, "user")) last_user = i;
+    for (int i = first; i < n; i++) {
+        put(&out, "<|im_start|>");
+        put(&out, msgs[i].role);
+        put(&out, "\n");
+        if (ct->format == CHAT_QWEN3 && !strcmp(msgs[i].role, "assistant")) {
+            const char *reason, *answer;
+            size_t reason_n, answer_n;
+            split_reasoning(msgs[i].content, &reason, &reason_n, &answer, &answer_n);
+            // Turns after the last user message keep their reasoning; earlier ones drop it.
+            if (i > last_user && (i == n - 1 || reason_n)) {
+                put(&out, "<think>\n");
+                reason = strip_chars(reason, &reason_n, "\n", 1, 1);
+                put_n(&out, reason, reason_n);
+                put(&out, "\n</think>\n\n");
+            }
+            put_n(&out, answer, answer_n);
+        } else {
+            put(&out, msgs[i].content);
+        }
+        put(&out, "<|im_end|>\n");
+    }
+    if (add_generation_prompt) {
+        put(&out, "<|im_start|>assistant\n");
+        if (ct->format == CHAT_QWEN3 && thinking == 0) put(&out, "<think>\n\n</think>\n\n");
+    }
+    return out;
+}
+
+static char *render_deepseek(const ChatTemplate *ct, const ChatMessage *msgs, int n, int add_generation_prompt) {
+    char *out = NULL;
+    const char *system = "";  // the template keeps the last system message, and puts it first
+    for (int i = 0; i < n; i++)
+        if (!strcmp(msgs[i].role, "system")) system = msgs[i].content;
+    put(&out, ct->bos);
+    put(&out, system);
+    for (int i = 0; i < n; i++) {
+        if (!strcmp(msgs[i].role, "user")) {
+            put(&out, "<｜User｜>");
+            put(&out, msgs[i].content);
+        } else if (!strcmp(msgs[i].role, "assistant")) {
+            const char *content = msgs[i].content, *close = NULL;
+            for (const char *p = strstr(content, "</think>"); p; p = strstr(p + 1, "</think>")) close = p;
+            put(&out, "<｜Assistant｜>");
+            put(&out, close ? close + 8 : content);
+            put(&out, "<｜end▁of▁sentence｜>");
+        }
+    }
+    if (add_generation_prompt) put(&out, ct->think_in_prompt ? "<｜Assistant｜><think>\n" : "<｜Assistant｜>");
+    return out;
+}
+
+char *chat_render(const ChatTemplate *ct, const ChatMessage *msgs, int n, int add_generation_prompt, int thinking) {
+    char *text = ct->format == CHAT_DEEPSEEK ? render_deepseek(ct, msgs, n, add_generation_prompt)
+                                             : render_chatml(ct, msgs, n, add_generation_prompt, thinking);
+    size_t len = (size_t)arrlen(text);
+    char *out = xmalloc(len + 1);
+    if (len) memcpy(out, text, len);
+    out[len] = 0;
+    arrfree(text);
+    return out;
+}
