@@ -1,6 +1,8 @@
-// nano: command line, generation loop and sampler.
+// nano: the command line and its modes — one prompt, interactive chat, a batch file, perplexity,
+// tokenizing — on top of one generation loop over an Engine.
 #include <errno.h>
 #include <math.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -15,18 +17,28 @@
 
 #define DEFAULT_CTX 4096
 #define DEFAULT_BATCH 128
+#define DEFAULT_N_PREDICT 256
 
 typedef struct {
     const char *model_dir;
-    const char *prompt_ids;   // "1 2 3"
-    const char *dump_logits;  // path
+    const char *prompt;         // -p text
+    const char *prompt_ids;     // "1 2 3"
+    const char *file, *out;     // batch prompts and results
+    const char *perplexity;     // text file
     const char *tokenize;       // text
     const char *tokenize_file;  // path
+    const char *dump_logits;    // path
+    const char *system;
+    int interactive, resume, raw;
+    int think;  // 1 --think, 0 --no-think, -1 the template's default
     int n_predict;
-    int ctx;                  // 0: default
+    int ctx;     // 0: default
+    int stride;  // perplexity; 0: ctx / 2
     int batch;
-    float temp;
-    unsigned long long seed;
+    // Sampling flags; negative: not given, so generation_config.json decides.
+    float temp, top_p, min_p, repeat_penalty;
+    int top_k;
+    uint64_t seed;
     int print_ids;
     int force_ref;
     KVFormat kv;
@@ -34,26 +46,49 @@ typedef struct {
 
 static void usage(FILE *out) {
     fprintf(out,
-            "Usage: nano -m DIR --prompt-ids \"ID ID ...\" [options]\n"
+            "Usage: nano -m DIR [-p TEXT | -i | -f PROMPTS | --perplexity FILE | --tokenize TEXT | --prompt-ids IDS] [options]\n"
             "Runs a Hugging Face Qwen2/2.5/3 or DeepSeek-R1-Distill-Qwen checkpoint directory as downloaded.\n"
-            "Example: nano -m models/qwen3-tiny-random --prompt-ids \"1 2 3\" -n 16 --temp 0 --print-ids\n"
+            "Examples:\n"
+            "  nano -m DIR -p \"Why is the sky blue?\"          one reply, streamed, chat template applied\n"
+            "  nano -m DIR -i                                 chat (/reset clears it, /exit or Ctrl-D quits)\n"
+            "  nano -m DIR -f prompts.txt -o results.jsonl    one result per line of prompts.txt\n"
             "\n"
-            "Model and prompt:\n"
-            "  -m, --model DIR         checkpoint directory (config.json + *.safetensors)\n"
-            "      --prompt-ids IDS    prompt as token ids, space or comma separated\n"
-            "Generation:\n"
-            "  -n, --n-predict N       max new tokens (default 128; 0 runs only the prompt)\n"
-            "      --temp T            sampling temperature; 0 = greedy (default 0.7)\n"
+            "Modes:\n"
+            "  -m, --model DIR         checkpoint directory (config.json, *.safetensors, tokenizer.json)\n"
+            "  -p, --prompt TEXT       generate one reply to TEXT\n"
+            "  -i, --interactive       chat REPL; the KV cache is kept between turns; Ctrl-C stops a reply,\n"
+            "                          Ctrl-C at the prompt or Ctrl-D exits; with stdin not a terminal, one turn per line\n"
+            "  -f, --file PATH         batch: one prompt per line, plain text or a JSON object {\"prompt\": ...,\n"
+            "                          \"n_predict\": N, \"system\": ..., \"seed\": S}; results as JSON lines\n"
+            "  -o, --output PATH       where -f writes its JSON lines (default: stdout)\n"
+            "      --resume            -f: keep the results already in -o and run only the prompts missing there\n"
+            "      --perplexity PATH   perplexity of a text file, in windows of -c tokens moved by --stride\n"
+            "      --stride N          --perplexity window step (default: half of -c)\n"
+            "      --tokenize TEXT     print TEXT's token ids and exit (needs only tokenizer.json)\n"
+            "      --tokenize-file P   the same for a file's contents\n"
+            "      --prompt-ids IDS    prompt as token ids, space or comma separated; no template\n"
+            "Chat:\n"
+            "      --system TEXT       system prompt (default: the template's own, if it has one)\n"
+            "      --think, --no-think Qwen3: reason before answering (the template's default) or not\n"
+            "      --raw               no chat template: the prompt text goes to the model as is\n"
+            "Generation (defaults from the model's generation_config.json, else the values shown):\n"
+            "  -n, --n-predict N       max new tokens (default %d; 0 runs only the prompt)\n"
+            "      --temp T            temperature; 0 = greedy (default 0.7)\n"
+            "      --top-k K           keep the K most likely ids; 0 = off (default 40)\n"
+            "      --top-p P           keep the most likely ids up to mass P; 1 = off (default 0.95)\n"
+            "      --min-p P           drop ids below P x the top probability; 0 = off (default 0)\n"
+            "      --repeat-penalty R  penalize ids already in the context; 1 = off (default 1)\n"
             "  -s, --seed S            sampling seed (default 42)\n"
+            "Engine:\n"
             "  -c, --ctx N             KV cache capacity in tokens (default min(%d, max_position_embeddings))\n"
             "  -b, --batch N           prefill the prompt in chunks of N tokens (default %d)\n"
             "      --kv FORMAT         KV cache format: bf16 (default) or f32 (exact, for checking)\n"
             "      --ref               use the scalar reference path (the default without a GPU)\n"
             "Output:\n"
-            "      --print-ids         print generated token ids on stdout\n"
-            "      --dump-logits PATH  write fp32 logits for every prompt position, [n_prompt x vocab], little endian\n"
+            "      --print-ids         print generated token ids instead of text\n"
+            "      --dump-logits PATH  --prompt-ids: write fp32 logits for every prompt position, [n_prompt x vocab]\n"
             "  -h, --help              this text\n",
-            DEFAULT_CTX, DEFAULT_BATCH);
+            DEFAULT_N_PREDICT, DEFAULT_CTX, DEFAULT_BATCH);
 }
 
 static long parse_long(const char *flag, const char *s, long lo, long hi) {
@@ -71,40 +106,66 @@ static float parse_float(const char *flag, const char *s, float lo, float hi) {
     return (float)v;
 }
 
+static int is_flag(const char *a, const char *s, const char *l) { return (s && !strcmp(a, s)) || !strcmp(a, l); }
+
 static void parse_args(Options *o, int argc, char **argv) {
     memset(o, 0, sizeof *o);
-    o->n_predict = 128;
+    o->n_predict = DEFAULT_N_PREDICT;
     o->batch = DEFAULT_BATCH;
-    o->temp = 0.7f;
+    o->temp = o->top_p = o->min_p = o->repeat_penalty = -1;
+    o->top_k = -1;
+    o->think = -1;
     o->seed = 42;
     o->kv = KV_BF16;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
-        if (!strcmp(a, "-h") || !strcmp(a, "--help")) { usage(stdout); exit(0); }
-        if (!strcmp(a, "--print-ids")) { o->print_ids = 1; continue; }
-        if (!strcmp(a, "--ref")) { o->force_ref = 1; continue; }
-        if (a[0] != '-') fatal("unexpected argument '%s' (see --help)", a);
-        if (i + 1 >= argc) fatal("%s: missing value", a);
-        const char *v = argv[++i];
-        if (!strcmp(a, "-m") || !strcmp(a, "--model")) o->model_dir = v;
-        else if (!strcmp(a, "--prompt-ids")) o->prompt_ids = v;
-        else if (!strcmp(a, "--dump-logits")) o->dump_logits = v;
-        else if (!strcmp(a, "--tokenize")) o->tokenize = v;
-        else if (!strcmp(a, "--tokenize-file")) o->tokenize_file = v;
-        else if (!strcmp(a, "-n") || !strcmp(a, "--n-predict")) o->n_predict = (int)parse_long(a, v, 0, 1 << 30);
-        else if (!strcmp(a, "-c") || !strcmp(a, "--ctx")) o->ctx = (int)parse_long(a, v, 1, 1 << 24);
-        else if (!strcmp(a, "-b") || !strcmp(a, "--batch")) o->batch = (int)parse_long(a, v, 1, 1 << 16);
-        else if (!strcmp(a, "--temp")) o->temp = parse_float(a, v, 0.0f, 100.0f);
-        else if (!strcmp(a, "-s") || !strcmp(a, "--seed")) o->seed = (unsigned long long)parse_long(a, v, 0, 0x7fffffffffffffffL);
-        else if (!strcmp(a, "--kv")) {
-            if (kv_format_parse(v, &o->kv)) fatal("--kv: unknown format '%s' (expected bf16 or f32)", v);
-        } else if (!strcmp(a, "-p") || !strcmp(a, "--prompt") || !strcmp(a, "-i") || !strcmp(a, "-f"))
-            fatal("%s: text prompts need the tokenizer, which nano does not have yet; give the prompt with --prompt-ids", a);
-        else fatal("unknown option '%s' (see --help)", a);
+        if (is_flag(a, "-h", "--help")) {
+            usage(stdout);
+            exit(0);
+        }
+        if (!strcmp(a, "--print-ids")) o->print_ids = 1;
+        else if (!strcmp(a, "--ref")) o->force_ref = 1;
+        else if (is_flag(a, "-i", "--interactive")) o->interactive = 1;
+        else if (!strcmp(a, "--resume")) o->resume = 1;
+        else if (!strcmp(a, "--raw")) o->raw = 1;
+        else if (!strcmp(a, "--think")) o->think = 1;
+        else if (!strcmp(a, "--no-think")) o->think = 0;
+        else {
+            if (a[0] != '-') fatal("unexpected argument '%s' (see --help)", a);
+            if (i + 1 >= argc) fatal("%s: missing value", a);
+            const char *v = argv[++i];
+            if (is_flag(a, "-m", "--model")) o->model_dir = v;
+            else if (is_flag(a, "-p", "--prompt")) o->prompt = v;
+            else if (!strcmp(a, "--prompt-ids")) o->prompt_ids = v;
+            else if (is_flag(a, "-f", "--file")) o->file = v;
+            else if (is_flag(a, "-o", "--output")) o->out = v;
+            else if (!strcmp(a, "--perplexity")) o->perplexity = v;
+            else if (!strcmp(a, "--tokenize")) o->tokenize = v;
+            else if (!strcmp(a, "--tokenize-file")) o->tokenize_file = v;
+            else if (!strcmp(a, "--dump-logits")) o->dump_logits = v;
+            else if (!strcmp(a, "--system")) o->system = v;
+            else if (is_flag(a, "-n", "--n-predict")) o->n_predict = (int)parse_long(a, v, 0, 1 << 30);
+            else if (is_flag(a, "-c", "--ctx")) o->ctx = (int)parse_long(a, v, 1, 1 << 24);
+            else if (!strcmp(a, "--stride")) o->stride = (int)parse_long(a, v, 1, 1 << 24);
+            else if (is_flag(a, "-b", "--batch")) o->batch = (int)parse_long(a, v, 1, 1 << 16);
+            else if (!strcmp(a, "--temp")) o->temp = parse_float(a, v, 0.0f, 100.0f);
+            else if (!strcmp(a, "--top-k")) o->top_k = (int)parse_long(a, v, 0, 1 << 24);
+            else if (!strcmp(a, "--top-p")) o->top_p = parse_float(a, v, 0.0f, 1.0f);
+            else if (!strcmp(a, "--min-p")) o->min_p = parse_float(a, v, 0.0f, 1.0f);
+            else if (!strcmp(a, "--repeat-penalty")) o->repeat_penalty = parse_float(a, v, 0.01f, 100.0f);
+            else if (is_flag(a, "-s", "--seed")) o->seed = (uint64_t)parse_long(a, v, 0, 0x7fffffffffffffffL);
+            else if (!strcmp(a, "--kv")) {
+                if (kv_format_parse(v, &o->kv)) fatal("--kv: unknown format '%s' (expected bf16 or f32)", v);
+            } else fatal("unknown option '%s' (see --help)", a);
+        }
     }
     if (!o->model_dir) fatal("no model: pass -m DIR (see --help)");
-    if (o->tokenize || o->tokenize_file) return;
-    if (!o->prompt_ids) fatal("no prompt: pass --prompt-ids \"ID ID ...\" (see --help)");
+    int modes = !!o->prompt + !!o->prompt_ids + o->interactive + !!o->file + !!o->perplexity + !!o->tokenize + !!o->tokenize_file;
+    if (modes == 0) fatal("nothing to do: pass -p TEXT, -i, -f FILE, --perplexity FILE, --tokenize TEXT or --prompt-ids IDS (see --help)");
+    if (modes > 1) fatal("choose one of -p, -i, -f, --perplexity, --tokenize, --tokenize-file and --prompt-ids");
+    if (o->out && !o->file) fatal("-o names the results file of -f; there is no -f");
+    if (o->resume && !o->out) fatal("--resume needs -o: it continues the results file of an earlier run");
+    if (o->dump_logits && !o->prompt_ids) fatal("--dump-logits works with --prompt-ids");
 }
 
 #define ID_SEPARATORS " ,\t\r\n"
@@ -132,35 +193,106 @@ static int *parse_prompt_ids(const char *s, int vocab, int *n_out) {
     return ids;
 }
 
+static double now_seconds(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+// Ctrl-C: the generation loop polls this and ends the reply; the modes decide what comes next.
+static volatile sig_atomic_t interrupted;
+static void on_sigint(int sig) {
+    (void)sig;
+    interrupted = 1;
+}
+
 // ---------------------------------------------------------------------------------------------
-// Sampling
+// A session: the model, its engine and KV cache, and the tokens the cache holds.
 
-static unsigned long long rng_state;
+typedef struct {
+    Model m;
+    Engine *engine;
+    Tokenizer *tok;      // NULL when the model directory has no tokenizer.json
+    ChatTemplate chat;
+    Sampler sampler;
+    int ctx;
+    int *tokens;         // [ctx] the ids in the KV cache
+    int pos;             // how many
+    float *logits;       // [vocab] after the last token fed
+    KVFormat kv;
+    double load_s;
+} Session;
 
-static float rng_uniform(void) {  // xorshift64*, 24 random bits in [0, 1)
-    rng_state ^= rng_state >> 12;
-    rng_state ^= rng_state << 25;
-    rng_state ^= rng_state >> 27;
-    return (float)((rng_state * 0x2545F4914F6CDD1DULL) >> 40) / 16777216.0f;
+typedef enum { FINISH_STOP, FINISH_LENGTH, FINISH_CONTEXT, FINISH_INTERRUPT } Finish;
+static const char *finish_name[] = {"stop", "length", "length", "stop"};
+
+typedef struct {
+    int n_prompt, n_gen;
+    double prompt_s, gen_s;
+    Finish finish;
+} GenStats;
+
+static Tokenizer *load_tokenizer(const char *dir, int required) {
+    char *path = path_join(dir, "tokenizer.json");
+    if (access(path, F_OK) != 0) {
+        if (required) fatal("%s: no tokenizer.json, which text needs (--prompt-ids and --print-ids work without it)", dir);
+        free(path);
+        return NULL;
+    }
+    Tokenizer *t = tokenizer_load(path);  // keeps the path for its messages
+    return t;
 }
 
-static int argmax(const float *x, int n) {
-    int best = 0;
-    for (int i = 1; i < n; i++)
-        if (x[i] > x[best]) best = i;
-    return best;
+static Engine *open_engine(const Options *o, const Model *m, int ctx) {
+    if (!o->force_ref) {
+        char why[160];
+        int n_gpus = cuda_device_count(why, sizeof why);
+        if (n_gpus == 0) fprintf(stderr, "nano: no CUDA GPU (%s); using the reference path\n", why);
+        else fprintf(stderr, "nano: found %d CUDA GPU(s), but the GPU engine is not written yet; using the reference path\n", n_gpus);
+    }
+    return ref_engine_create(m, ctx, o->kv, o->batch);
 }
 
-// Samples from softmax(logits / temp) over ids [0, n); greedy when temp == 0. Clobbers logits.
-static int sample(float *logits, int n, float temp) {
-    int best = argmax(logits, n);
-    if (temp == 0.0f) return best;
-    double sum = 0;
-    for (int i = 0; i < n; i++) sum += logits[i] = expf((logits[i] - logits[best]) / temp);
-    double r = rng_uniform() * sum, acc = 0;
-    for (int i = 0; i < n; i++)
-        if ((acc += logits[i]) > r) return i;
-    return best;
+// Flags override the model's generation_config.json.
+static SamplerConfig sampling_settings(const Options *o, const Config *c) {
+    SamplerConfig s = c->sampling;
+    if (o->temp >= 0) s.temp = o->temp;
+    if (o->top_k >= 0) s.top_k = o->top_k;
+    if (o->top_p >= 0) s.top_p = o->top_p;
+    if (o->min_p >= 0) s.min_p = o->min_p;
+    if (o->repeat_penalty >= 0) s.repeat_penalty = o->repeat_penalty;
+    return s;
+}
+
+static void session_open(Session *s, const Options *o, int need_tokenizer) {
+    memset(s, 0, sizeof *s);
+    double t0 = now_seconds();
+    s->tok = load_tokenizer(o->model_dir, need_tokenizer);
+    model_load(&s->m, o->model_dir);
+    const Config *c = &s->m.cfg;
+    if (s->tok) chat_template_load(&s->chat, o->model_dir);
+    s->ctx = o->ctx ? o->ctx : (c->max_pos < DEFAULT_CTX ? c->max_pos : DEFAULT_CTX);
+    if (s->ctx > c->max_pos)
+        fprintf(stderr, "nano: warning: -c %d exceeds max_position_embeddings %d; positions past it were never trained\n", s->ctx, c->max_pos);
+    s->kv = o->kv;
+    s->engine = open_engine(o, &s->m, s->ctx);
+    s->tokens = xmalloc((size_t)s->ctx * sizeof *s->tokens);
+    s->logits = xmalloc((size_t)c->vocab * sizeof *s->logits);
+    // Never sample an id the tokenizer cannot print: the embedding usually has padding rows past it.
+    int n_ids = s->tok && tokenizer_n_ids(s->tok) < c->vocab ? tokenizer_n_ids(s->tok) : c->vocab;
+    SamplerConfig sc = sampling_settings(o, c);
+    sampler_init(&s->sampler, &sc, n_ids, o->seed);
+    s->load_s = now_seconds() - t0;
+}
+
+static void session_close(Session *s) {
+    sampler_free(&s->sampler);
+    s->engine->free(s->engine);
+    chat_template_free(&s->chat);
+    tokenizer_free(s->tok);
+    model_free(&s->m);
+    free(s->tokens);
+    free(s->logits);
 }
 
 // Garbage must never be printed silently: NaN/Inf logits stop the run.
@@ -171,16 +303,162 @@ static void check_logits(const float *logits, int rows, int vocab, int first_pos
             fatal("non-finite logit (%g) for id %zu at position %d", logits[i], i % (size_t)vocab, first_pos + (int)(i / (size_t)vocab));
 }
 
-static double now_seconds(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+// Appends ids to the cache and runs them, leaving the last one's logits. Returns 0, or -1 with err
+// set when they do not fit or an id is outside the embedding (nothing is run then).
+static int session_feed(Session *s, const int *ids, int n, char *err, size_t errlen) {
+    if (n == 0) return 0;
+    if (s->pos + n > s->ctx) {
+        snprintf(err, errlen, "%d prompt tokens do not fit: %d of the context's %d are in use (-c)", n, s->pos, s->ctx);
+        return -1;
+    }
+    for (int i = 0; i < n; i++)
+        if (ids[i] < 0 || ids[i] >= s->m.cfg.vocab) {
+            snprintf(err, errlen, "token id %d is outside the model's vocabulary of %d", ids[i], s->m.cfg.vocab);
+            return -1;
+        }
+    s->engine->forward(s->engine, ids, n, s->pos, s->logits, 0);
+    check_logits(s->logits, 1, s->m.cfg.vocab, s->pos + n - 1);
+    memcpy(s->tokens + s->pos, ids, (size_t)n * sizeof *ids);
+    s->pos += n;
+    return 0;
 }
 
 static int is_eos(const Config *c, int id) {
     for (int i = 0; i < c->n_eos; i++)
         if (c->eos[i] == id) return 1;
     return 0;
+}
+
+// Where generated text goes: a stream (stdout, as it comes) or a growing buffer (batch results).
+typedef struct {
+    FILE *stream;
+    char *buf;
+    size_t len, cap;
+    int print_ids;  // ids instead of text
+    int n_written;
+    Utf8Stream utf8;
+} Sink;
+
+static void sink_write(Sink *k, const char *s, size_t n) {
+    if (k->stream) {
+        fwrite(s, 1, n, k->stream);
+        fflush(k->stream);
+        return;
+    }
+    if (k->len + n + 1 > k->cap) {
+        k->cap = (k->len + n + 1) * 2;
+        k->buf = realloc(k->buf, k->cap);
+        if (!k->buf) fatal("out of memory");
+    }
+    memcpy(k->buf + k->len, s, n);
+    k->len += n;
+    k->buf[k->len] = 0;
+}
+
+static void sink_token(Sink *k, const Tokenizer *tok, int id) {
+    char text[3 * (64 + 4)];
+    if (k->print_ids || !tok) {
+        int n = snprintf(text, sizeof text, "%s%d", k->n_written++ ? " " : "", id);
+        sink_write(k, text, (size_t)n);
+        return;
+    }
+    size_t len;
+    const char *bytes = tokenizer_bytes(tok, id, &len);
+    if (!bytes || tokenizer_is_special(tok, id)) return;
+    for (size_t done = 0; done < len; done += 64) {  // text[] holds the output of 64 bytes
+        size_t n = len - done < 64 ? len - done : 64;
+        sink_write(k, text, utf8_stream_push(&k->utf8, bytes + done, n, text));
+    }
+}
+
+static void sink_finish(Sink *k) {
+    char text[16];
+    sink_write(k, text, utf8_stream_finish(&k->utf8, text));
+}
+
+// Generates up to n_predict tokens after what the cache holds. The stop token ends the reply and is
+// neither printed nor fed; every other token is printed and fed.
+static Finish session_generate(Session *s, int n_predict, Sink *out, GenStats *st) {
+    const Config *c = &s->m.cfg;
+    double t0 = now_seconds();
+    Finish finish = FINISH_LENGTH;
+    for (int n = 0; n < n_predict; n++) {
+        if (interrupted) {
+            finish = FINISH_INTERRUPT;
+            break;
+        }
+        int id = sampler_sample(&s->sampler, s->logits, s->tokens, s->pos);
+        if (is_eos(c, id)) {
+            finish = FINISH_STOP;
+            if (out->print_ids) sink_token(out, s->tok, id);  // ids mode shows the stop id too
+            st->n_gen++;
+            break;
+        }
+        sink_token(out, s->tok, id);
+        st->n_gen++;
+        if (s->pos == s->ctx) {
+            finish = FINISH_CONTEXT;
+            break;
+        }
+        s->engine->forward(s->engine, &id, 1, s->pos, s->logits, 0);
+        check_logits(s->logits, 1, c->vocab, s->pos);
+        s->tokens[s->pos++] = id;
+    }
+    sink_finish(out);
+    st->gen_s += now_seconds() - t0;
+    st->finish = finish;
+    return finish;
+}
+
+// Like llama.cpp's timings: load, prompt and generation speed, on stderr after every generation.
+static void print_timings(const Session *s, const GenStats *st) {
+    fprintf(stderr, "nano: load %.0f ms | prompt %d tok, %.1f ms, %.2f tok/s | generated %d tok, %.1f ms, %.2f tok/s | %s, %s KV\n",
+            s->load_s * 1e3, st->n_prompt, st->prompt_s * 1e3, st->prompt_s > 0 ? st->n_prompt / st->prompt_s : 0.0, st->n_gen,
+            st->gen_s * 1e3, st->gen_s > 0 && st->n_gen > 1 ? (st->n_gen - 1) / st->gen_s : 0.0, s->engine->name,
+            kv_format_name(s->kv));
+}
+
+// The ids of a user's text: the chat template around it unless --raw (or the model has none).
+static int *prompt_tokens(Session *s, const Options *o, const char *system, const char *text, int *n, char *err, size_t errlen) {
+    long bad = utf8_invalid_offset(text, strlen(text));
+    if (bad >= 0) {
+        snprintf(err, errlen, "invalid UTF-8 at byte offset %ld", bad);
+        return NULL;
+    }
+    if (o->raw || s->chat.format == CHAT_NONE) return tokenizer_encode(s->tok, text, strlen(text), 1, n, err, errlen);
+    ChatMessage msgs[2];
+    int k = 0;
+    if (system) msgs[k++] = (ChatMessage){"system", system};
+    msgs[k++] = (ChatMessage){"user", text};
+    char *rendered = chat_render(&s->chat, msgs, k, 1, o->think);
+    int *ids = tokenizer_encode(s->tok, rendered, strlen(rendered), 0, n, err, errlen);
+    free(rendered);
+    return ids;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Modes
+
+// --tokenize / --tokenize-file: ids on one line, space separated; no weights are loaded.
+static void tokenize_mode(const Options *o) {
+    Tokenizer *tok = load_tokenizer(o->model_dir, 1);
+    size_t len = 0;
+    char *text = o->tokenize ? strdup(o->tokenize) : read_file(o->tokenize_file, &len);
+    if (!text) fatal("--tokenize-file %s: %s", o->tokenize_file, strerror(errno));
+    if (o->tokenize) len = strlen(text);
+    char err[160];
+    int n;
+    double t0 = now_seconds();
+    int *ids = tokenizer_encode(tok, text, len, 1, &n, err, sizeof err);
+    double dt = now_seconds() - t0;
+    if (!ids) fatal("%s: %s", o->tokenize ? "--tokenize" : o->tokenize_file, err);
+    for (int i = 0; i < n; i++) printf("%s%d", i ? " " : "", ids[i]);
+    printf("\n");
+    if (o->tokenize_file)
+        fprintf(stderr, "nano: %zu bytes -> %d ids in %.1f ms (%.1f MB/s)\n", len, n, dt * 1e3, dt > 0 ? len / dt / 1e6 : 0.0);
+    free(ids);
+    free(text);
+    tokenizer_free(tok);
 }
 
 static void write_logits(const char *path, const float *logits, size_t count) {
@@ -190,28 +468,353 @@ static void write_logits(const char *path, const float *logits, size_t count) {
     if (fclose(f) != 0 || n != count) fatal("--dump-logits %s: write failed", path);
 }
 
-static Tokenizer *load_tokenizer(const char *dir) {
-    char *path = path_join(dir, "tokenizer.json");
-    if (access(path, F_OK) != 0) fatal("%s: no tokenizer.json; text needs it (use --prompt-ids and --print-ids without one)", dir);
-    return tokenizer_load(path);
+// --prompt-ids: ids in, no template; --dump-logits keeps every prompt position's logits.
+static void prompt_ids_mode(Session *s, const Options *o) {
+    const Config *c = &s->m.cfg;
+    int n_prompt;
+    int *prompt = parse_prompt_ids(o->prompt_ids, c->vocab, &n_prompt);
+    if (n_prompt > s->ctx) fatal("prompt of %d tokens is longer than the context of %d tokens (-c)", n_prompt, s->ctx);
+    if (!s->tok && !o->print_ids && o->n_predict > 0 && !o->dump_logits)
+        fatal("%s has no tokenizer.json to print text with: pass --print-ids", o->model_dir);
+    GenStats st = {.n_prompt = n_prompt};
+    double t0 = now_seconds();
+    if (o->dump_logits) {
+        size_t V = (size_t)c->vocab;
+        float *all = xmalloc((size_t)n_prompt * V * sizeof(float));
+        s->engine->forward(s->engine, prompt, n_prompt, 0, all, 1);
+        check_logits(all, n_prompt, c->vocab, 0);
+        write_logits(o->dump_logits, all, (size_t)n_prompt * V);
+        memcpy(s->logits, all + (size_t)(n_prompt - 1) * V, V * sizeof(float));
+        memcpy(s->tokens, prompt, (size_t)n_prompt * sizeof *prompt);
+        s->pos = n_prompt;
+        free(all);
+    } else {
+        char err[160];
+        if (session_feed(s, prompt, n_prompt, err, sizeof err)) fatal("%s", err);
+    }
+    st.prompt_s = now_seconds() - t0;
+    Sink out = {.stream = stdout, .print_ids = o->print_ids};
+    if (session_generate(s, o->n_predict, &out, &st) == FINISH_CONTEXT)
+        fprintf(stderr, "\nnano: context of %d tokens is full; stopping\n", s->ctx);
+    if (st.n_gen) printf("\n");
+    print_timings(s, &st);
+    free(prompt);
 }
 
-// --tokenize / --tokenize-file: ids on one line, space separated; no weights are loaded.
-static void tokenize_mode(const Options *o) {
-    Tokenizer *tok = load_tokenizer(o->model_dir);
+// -p: one reply, streamed.
+static void prompt_mode(Session *s, const Options *o) {
+    char err[200];
+    int n;
+    int *ids = prompt_tokens(s, o, o->system, o->prompt, &n, err, sizeof err);
+    if (!ids) fatal("-p: %s", err);
+    GenStats st = {.n_prompt = n};
+    double t0 = now_seconds();
+    if (session_feed(s, ids, n, err, sizeof err)) fatal("-p: %s", err);
+    st.prompt_s = now_seconds() - t0;
+    Sink out = {.stream = stdout, .print_ids = o->print_ids};
+    Finish f = session_generate(s, o->n_predict, &out, &st);
+    printf("\n");
+    if (f == FINISH_CONTEXT) fprintf(stderr, "nano: context of %d tokens is full; stopping\n", s->ctx);
+    print_timings(s, &st);
+    free(ids);
+}
+
+// Reads one line without its newline; NULL at end of input or on Ctrl-C.
+static char *read_line(FILE *in) {
+    char *line = NULL;
+    size_t cap = 0;
+    errno = 0;
+    ssize_t n = getline(&line, &cap, in);
+    if (n < 0) {
+        free(line);
+        return NULL;
+    }
+    while (n > 0 && (line[n - 1] == '\n' || line[n - 1] == '\r')) line[--n] = 0;
+    return line;
+}
+
+// -i: a chat. Each turn prefills only its own tokens; the cache keeps the whole conversation.
+static void interactive_mode(Session *s, const Options *o) {
+    if (s->chat.format == CHAT_NONE && !o->raw)
+        fatal("-i: %s has no chat template; pass --raw to chat with plain text continuation", o->model_dir);
+    int tty = isatty(0);
+    struct sigaction sa = {0};
+    sa.sa_handler = on_sigint;  // no SA_RESTART: Ctrl-C interrupts the read at the prompt
+    sigaction(SIGINT, &sa, NULL);
+    if (tty)
+        fprintf(stderr, "nano: chatting with %s (%s template, %d-token context). /reset clears the chat, /exit or Ctrl-D quits,\n"
+                        "      Ctrl-C stops a reply.\n",
+                o->model_dir, o->raw ? "no" : chat_format_name(s->chat.format), s->ctx);
+    int turn = 0;
+    for (;;) {
+        if (tty) {
+            printf("> ");
+            fflush(stdout);
+        }
+        interrupted = 0;
+        char *line = read_line(stdin);
+        if (!line) {
+            if (tty) printf("\n");
+            break;  // Ctrl-D, end of input, or Ctrl-C at the prompt
+        }
+        if (!strcmp(line, "/exit")) {
+            free(line);
+            break;
+        }
+        if (!strcmp(line, "/reset")) {
+            s->pos = 0;
+            turn = 0;
+            fprintf(stderr, "nano: conversation cleared\n");
+            free(line);
+            continue;
+        }
+        if (!line[0]) {
+            free(line);
+            continue;
+        }
+        char err[200];
+        int n = 0, *ids;
+        if (o->raw || turn == 0) {
+            ids = prompt_tokens(s, o, o->system, line, &n, err, sizeof err);
+        } else if (utf8_invalid_offset(line, strlen(line)) >= 0) {
+            snprintf(err, sizeof err, "invalid UTF-8 at byte offset %ld", utf8_invalid_offset(line, strlen(line)));
+            ids = NULL;
+        } else {
+            char *text = chat_render_next(&s->chat, line, o->think);
+            ids = tokenizer_encode(s->tok, text, strlen(text), 0, &n, err, sizeof err);
+            free(text);
+        }
+        free(line);
+        GenStats st = {.n_prompt = n};
+        double t0 = now_seconds();
+        if (!ids || session_feed(s, ids, n, err, sizeof err)) {
+            fprintf(stderr, "nano: %s%s\n", err, ids ? "; /reset starts a new conversation" : "");
+            free(ids);
+            continue;
+        }
+        free(ids);
+        turn++;
+        st.prompt_s = now_seconds() - t0;
+        Sink out = {.stream = stdout, .print_ids = o->print_ids};
+        Finish f = session_generate(s, o->n_predict, &out, &st);
+        printf("\n");
+        fflush(stdout);
+        if (f == FINISH_CONTEXT) fprintf(stderr, "nano: the context of %d tokens is full; /reset starts a new conversation\n", s->ctx);
+        if (f == FINISH_INTERRUPT) fprintf(stderr, "nano: reply stopped\n");
+        print_timings(s, &st);
+    }
+}
+
+// JSON string with the escapes RFC 8259 needs; invalid UTF-8 is written as U+FFFD.
+static void json_string(FILE *f, const char *s) {
+    Utf8Stream u = {{0}, 0};
+    char text[16];
+    fputc('"', f);
+    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
+        if (*p == '"' || *p == '\\') fprintf(f, "\\%c", *p);
+        else if (*p == '\n') fputs("\\n", f);
+        else if (*p == '\t') fputs("\\t", f);
+        else if (*p == '\r') fputs("\\r", f);
+        else if (*p < 0x20) fprintf(f, "\\u%04x", *p);
+        else fwrite(text, 1, utf8_stream_push(&u, (const char *)p, 1, text), f);
+    }
+    fwrite(text, 1, utf8_stream_finish(&u, text), f);
+    fputc('"', f);
+}
+
+// Ids (line numbers) already in a results file. A line cut short by an interrupted run is removed.
+static unsigned char *done_ids(const char *path, int n_lines) {
+    unsigned char *done = xcalloc((size_t)n_lines + 1, 1);
     size_t len;
-    char *text = o->tokenize ? strdup(o->tokenize) : read_file(o->tokenize_file, &len);
-    if (!text) fatal("--tokenize-file %s: %s", o->tokenize_file, strerror(errno));
-    len = strlen(text);  // NUL bytes end the text
+    char *text = read_file(path, &len);
+    if (!text) {
+        if (errno != ENOENT) fatal("--resume %s: %s", path, strerror(errno));
+        return done;
+    }
+    size_t keep = 0;
+    for (char *line = text; line < text + len;) {
+        char *nl = memchr(line, '\n', (size_t)(text + len - line));
+        if (!nl) break;  // no newline: the write never finished
+        Json j;
+        if (json_parse(&j, line, (size_t)(nl - line)) == 0) {
+            const JsonNode *id = json_get(&j, json_root(&j), "id");
+            if (id && id->type == JSON_NUMBER && id->is_integer && id->num >= 1 && id->num <= n_lines) done[(int)id->num] = 1;
+        }
+        json_free(&j);
+        line = nl + 1;
+        keep = (size_t)(line - text);
+    }
+    if (keep < len && truncate(path, (off_t)keep) != 0) fatal("--resume %s: %s", path, strerror(errno));
+    free(text);
+    return done;
+}
+
+typedef struct {
+    char *prompt, *system;
+    int n_predict;
+    uint64_t seed;
+} BatchItem;
+
+// A line of the prompts file: plain text, or a JSON object with "prompt" and optional settings.
+static int parse_batch_line(const char *line, const Options *o, BatchItem *it, char *err, size_t errlen) {
+    *it = (BatchItem){NULL, NULL, o->n_predict, o->seed};
+    if (line[0] != '{') {
+        it->prompt = strdup(line);
+        return 0;
+    }
+    Json j;
+    int ok = -1;
+    if (json_parse(&j, line, strlen(line))) {
+        snprintf(err, errlen, "bad JSON: %s", j.err);
+    } else {
+        const JsonNode *r = json_root(&j), *p = json_get(&j, r, "prompt"), *n = json_get(&j, r, "n_predict");
+        const JsonNode *sys = json_get(&j, r, "system"), *seed = json_get(&j, r, "seed");
+        if (!p || p->type != JSON_STRING) snprintf(err, errlen, "a JSON line needs a \"prompt\" string");
+        else if (n && (n->type != JSON_NUMBER || !n->is_integer || n->num < 0 || n->num > 1 << 30))
+            snprintf(err, errlen, "\"n_predict\" must be an integer >= 0");
+        else if (sys && sys->type != JSON_STRING) snprintf(err, errlen, "\"system\" must be a string");
+        else if (seed && (seed->type != JSON_NUMBER || !seed->is_integer || seed->num < 0 || seed->num > 9007199254740992.0))
+            snprintf(err, errlen, "\"seed\" must be an integer >= 0");
+        else {
+            it->prompt = strdup(p->str);
+            if (sys) it->system = strdup(sys->str);
+            if (n) it->n_predict = (int)n->num;
+            if (seed) it->seed = (uint64_t)seed->num;
+            ok = 0;
+        }
+    }
+    json_free(&j);
+    if (ok) it->prompt = strdup(line);  // reported back as written
+    return ok;
+}
+
+// -f: every prompt from a fresh cache, in input order; each result written and flushed when done.
+static void batch_mode(Session *s, const Options *o) {
+    size_t len;
+    char *text = read_file(o->file, &len);
+    if (!text) fatal("-f %s: %s", o->file, errno == EINVAL ? "not a regular file" : strerror(errno));
+    char **lines = NULL;
+    int n_lines = 0, total = 0;
+    for (char *p = text; p < text + len;) {
+        char *nl = memchr(p, '\n', (size_t)(text + len - p));
+        if (nl) *nl = 0;
+        size_t l = strlen(p);
+        if (l && p[l - 1] == '\r') p[l - 1] = 0;
+        lines = realloc(lines, (size_t)(n_lines + 1) * sizeof *lines);
+        if (!lines) fatal("out of memory");
+        lines[n_lines++] = p;
+        total += p[strspn(p, " \t")] != 0;
+        p = nl ? nl + 1 : text + len;
+    }
+    unsigned char *done = o->resume ? done_ids(o->out, n_lines) : xcalloc((size_t)n_lines + 1, 1);
+    FILE *out = o->out ? fopen(o->out, o->resume ? "a" : "w") : stdout;
+    if (!out) fatal("-o %s: %s", o->out, strerror(errno));
+    int progress = isatty(2), n_done = 0, n_err = 0, n_tok = 0;
+    for (int i = 1; i <= n_lines; i++) n_done += done[i] && lines[i - 1][strspn(lines[i - 1], " \t")];
+    double t_start = now_seconds();
+    int skipped = n_done;
+    for (int id = 1; id <= n_lines; id++) {
+        const char *line = lines[id - 1];
+        if (!line[strspn(line, " \t")] || done[id]) continue;
+        BatchItem it;
+        char err[200] = "";
+        GenStats st = {0};
+        Sink gen = {0};
+        double t0 = now_seconds();
+        if (parse_batch_line(line, o, &it, err, sizeof err) == 0) {
+            int n;
+            int *ids = prompt_tokens(s, o, it.system ? it.system : o->system, it.prompt, &n, err, sizeof err);
+            s->pos = 0;
+            sampler_seed(&s->sampler, it.seed);
+            if (ids && session_feed(s, ids, n, err, sizeof err) == 0) {
+                st.n_prompt = n;
+                session_generate(s, it.n_predict, &gen, &st);
+            }
+            free(ids);
+        }
+        fprintf(out, "{\"id\": %d, \"prompt\": ", id);
+        json_string(out, it.prompt ? it.prompt : "");
+        fprintf(out, ", \"output\": ");
+        json_string(out, gen.buf ? gen.buf : "");
+        fprintf(out, ", \"n_prompt_tokens\": %d, \"n_gen_tokens\": %d, \"finish_reason\": \"%s\", \"ms\": %.1f", st.n_prompt,
+                st.n_gen, err[0] ? "error" : finish_name[st.finish], (now_seconds() - t0) * 1e3);
+        if (err[0]) {
+            fprintf(out, ", \"error\": ");
+            json_string(out, err);
+            n_err++;
+        }
+        fprintf(out, "}\n");
+        if (fflush(out) != 0) fatal("-o %s: write failed: %s", o->out ? o->out : "stdout", strerror(errno));
+        free(it.prompt);
+        free(it.system);
+        free(gen.buf);
+        n_done++;
+        n_tok += st.n_prompt + st.n_gen;
+        if (progress) {
+            double dt = now_seconds() - t_start;
+            int ran = n_done - skipped;
+            fprintf(stderr, "\rnano: %d/%d prompts, %.1f tok/s, ETA %.0f s   ", n_done, total, dt > 0 ? n_tok / dt : 0.0,
+                    ran ? dt / ran * (total - n_done) : 0.0);
+        }
+    }
+    if (progress) fprintf(stderr, "\n");
+    double dt = now_seconds() - t_start;
+    fprintf(stderr, "nano: %d prompts done (%d skipped as already in %s), %d errors, %d tokens in %.1f s\n", n_done - skipped,
+            skipped, o->out ? o->out : "the output", n_err, n_tok, dt);
+    if (out != stdout && fclose(out) != 0) fatal("-o %s: write failed: %s", o->out, strerror(errno));
+    free(done);
+    free(lines);
+    free(text);
+}
+
+// --perplexity: windows of ctx tokens, each starting stride after the last; a window scores only the
+// tokens no earlier window scored, so every token after the first is predicted exactly once.
+static void perplexity_mode(Session *s, const Options *o) {
+    size_t len;
+    char *text = read_file(o->perplexity, &len);
+    if (!text) fatal("--perplexity %s: %s", o->perplexity, errno == EINVAL ? "not a regular file" : strerror(errno));
     char err[160];
     int n;
-    int *ids = tokenizer_encode(tok, text, len, 1, &n, err, sizeof err);
-    if (!ids) fatal("%s: %s", o->tokenize ? "--tokenize" : o->tokenize_file, err);
-    for (int i = 0; i < n; i++) printf("%s%d", i ? " " : "", ids[i]);
-    printf("\n");
+    int *ids = tokenizer_encode(s->tok, text, len, 0, &n, err, sizeof err);
+    if (!ids) fatal("--perplexity %s: %s", o->perplexity, err);
+    if (n < 2) fatal("--perplexity %s: %d tokens; at least 2 are needed", o->perplexity, n);
+    for (int i = 0; i < n; i++)
+        if (ids[i] >= s->m.cfg.vocab) fatal("--perplexity %s: token id %d is outside the model's vocabulary", o->perplexity, ids[i]);
+    int C = s->ctx, S = o->stride ? o->stride : (C / 2 > 0 ? C / 2 : 1);
+    if (S > C) fatal("--stride %d is longer than the window (-c %d): tokens would go unscored", S, C);
+    size_t V = (size_t)s->m.cfg.vocab;
+    int B = o->batch;
+    float *logits = xmalloc((size_t)B * V * sizeof(float));
+    double nll = 0, t0 = now_seconds();
+    int scored = 0, scored_end = 1;  // the first token is never predicted
+    for (int begin = 0;; begin += S) {
+        int end = begin + C < n ? begin + C : n;
+        for (int k = begin; k < end - 1; k += B) {  // rows predict ids[k+1 ...]
+            int T = end - 1 - k < B ? end - 1 - k : B;
+            s->engine->forward(s->engine, ids + k, T, k - begin, logits, 1);
+            check_logits(logits, T, (int)V, k - begin);
+            for (int r = 0; r < T; r++) {
+                int target = k + r + 1;
+                if (target < scored_end) continue;
+                const float *row = logits + (size_t)r * V;
+                double max = row[0], sum = 0;
+                for (size_t v = 1; v < V; v++) max = row[v] > max ? row[v] : max;
+                for (size_t v = 0; v < V; v++) sum += exp(row[v] - max);
+                nll += max + log(sum) - row[ids[target]];
+                scored++;
+            }
+        }
+        scored_end = end;
+        if (end == n) break;
+    }
+    double dt = now_seconds() - t0;
+    printf("perplexity: %.4f over %d scored tokens of %d (ctx %d, stride %d), mean nll %.6f\n", exp(nll / scored), scored, n, C, S,
+           nll / scored);
+    fprintf(stderr, "nano: perplexity took %.1f s, %.1f tok/s | %s, %s KV\n", dt, dt > 0 ? scored / dt : 0.0, s->engine->name,
+            kv_format_name(o->kv));
+    free(logits);
     free(ids);
     free(text);
-    tokenizer_free(tok);
 }
 
 #ifndef TESTING
@@ -222,69 +825,14 @@ int main(int argc, char **argv) {
         tokenize_mode(&o);
         return 0;
     }
-
-    if (!o.force_ref) {
-        char why[160];
-        int n_gpus = cuda_device_count(why, sizeof why);
-        if (n_gpus == 0) fprintf(stderr, "nano: no CUDA GPU (%s); using the reference path\n", why);
-        else fprintf(stderr, "nano: found %d CUDA GPU(s), but the GPU engine is not written yet; using the reference path\n", n_gpus);
-    }
-
-    Model m;
-    model_load(&m, o.model_dir);
-    const Config *c = &m.cfg;
-    int n_prompt;
-    int *prompt = parse_prompt_ids(o.prompt_ids, c->vocab, &n_prompt);
-    int ctx = o.ctx ? o.ctx : (c->max_pos < DEFAULT_CTX ? c->max_pos : DEFAULT_CTX);
-    if (ctx > c->max_pos)
-        fprintf(stderr, "nano: warning: -c %d exceeds max_position_embeddings %d; positions past it were never trained\n", ctx, c->max_pos);
-    if (n_prompt > ctx) fatal("prompt of %d tokens is longer than the context of %d tokens (-c)", n_prompt, ctx);
-    if (!o.print_ids && o.n_predict > 0 && !o.dump_logits)
-        fatal("nothing to print: pass --print-ids (text output needs the tokenizer, which nano does not have yet)");
-
-    Engine *engine = ref_engine_create(&m, ctx, o.kv, o.batch < n_prompt ? o.batch : n_prompt);  // scratch sized to the chunk
-    size_t V = (size_t)c->vocab;
-    float *logits = xmalloc((o.dump_logits ? (size_t)n_prompt : 1) * V * sizeof(float));
-    rng_state = o.seed * 2 + 1;  // xorshift needs a non-zero state
-
-    double t0 = now_seconds();
-    engine->forward(engine, prompt, n_prompt, 0, logits, o.dump_logits != NULL);
-    double t_prefill = now_seconds() - t0;
-    int rows = o.dump_logits ? n_prompt : 1;  // every prompt position, or the last
-    check_logits(logits, rows, c->vocab, n_prompt - rows);
-    if (o.dump_logits) {
-        write_logits(o.dump_logits, logits, (size_t)n_prompt * V);
-        memmove(logits, logits + (size_t)(n_prompt - 1) * V, V * sizeof(float));  // keep the last row for sampling
-    }
-
-    int pos = n_prompt, n_gen = 0;
-    t0 = now_seconds();
-    while (n_gen < o.n_predict) {
-        int id = sample(logits, c->vocab, o.temp);
-        n_gen++;
-        if (o.print_ids) {
-            printf("%s%d", n_gen > 1 ? " " : "", id);
-            fflush(stdout);
-        }
-        if (is_eos(c, id) || n_gen == o.n_predict) break;
-        if (pos == ctx) {
-            fprintf(stderr, "nano: context of %d tokens is full; stopping\n", ctx);
-            break;
-        }
-        engine->forward(engine, &id, 1, pos, logits, 0);
-        check_logits(logits, 1, c->vocab, pos);
-        pos++;
-    }
-    double t_decode = now_seconds() - t0;
-    if (o.print_ids && n_gen) printf("\n");
-    fprintf(stderr, "nano: prompt %d tok in %.3f s (%.2f tok/s), generated %d tok in %.3f s (%.2f tok/s), %s KV, %s\n",
-            n_prompt, t_prefill, n_prompt / t_prefill, n_gen, t_decode, n_gen > 1 ? (n_gen - 1) / t_decode : 0.0,
-            kv_format_name(o.kv), engine->name);
-
-    free(logits);
-    engine->free(engine);
-    free(prompt);
-    model_free(&m);
+    Session s;
+    session_open(&s, &o, !o.prompt_ids);
+    if (o.prompt_ids) prompt_ids_mode(&s, &o);
+    else if (o.prompt) prompt_mode(&s, &o);
+    else if (o.interactive) interactive_mode(&s, &o);
+    else if (o.file) batch_mode(&s, &o);
+    else perplexity_mode(&s, &o);
+    session_close(&s);
     return 0;
 }
 #endif
