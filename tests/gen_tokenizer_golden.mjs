@@ -294,25 +294,24 @@ const badBytes = [
   const u = (content) => ({ role: 'user', content });
   const a = (content) => ({ role: 'assistant', content });
   const think = '<think>\nreasoning\n</think>\n\nanswer';
-  // [messages, ends with a user turn]
   const chats = [
-    [[u('Hello!')]],
-    [[sys, u('Hello!')]],
-    [[u('What is 2+2?'), a('4'), u('And 3+3?')]],
-    [[sys, u('What is 2+2?'), a('4'), u('And 3+3?')]],
-    [[u('Hi'), a('Hello! How can I help?'), u('Tell me a joke.'), a('Why did the chicken cross the road?'), u('Why?')]],
-    [[sys, u('Hi'), a('Hello!'), u('Tell me a joke.'), a('No.'), u('Please?')]],
-    [[u('What is 2+2?'), a(think), u('And 3+3?')]],
-    [[sys, u('Q1'), a('<think>\nfirst\n</think>\n\nA1'), u('Q2'), a('<think>\nsecond\n</think>\n\nA2'), u('Q3')]],
-    [[u('\n\nHello with newlines\n\n'), a('\n\nanswer with newlines\n'), u('\nok\n')]],
-    [[{ role: 'system', content: '\nSystem with newlines.\n' }, u('你好，世界！🙂')]],
-    [[u('Hello!'), a('Hi there.')]],
-    [[u('What is 2+2?'), a(think)]],
-    [[sys, u('Q1'), a('<think>\nfirst\n</think>\n\nA1'), u('Q2'), a('<think>\nsecond\n</think>\n\nA2')]],
-    [[u('Q1'), a('A1'), { role: 'system', content: 'Be brief.' }, u('Q2')]],
-    [[u('Q'), a('no think tags, but </think> inside: tail')]],
-    [[u('Q'), a('<think>\n  indented reasoning  \n</think>\n\n  spaced answer  ')]],
-    [[u('Q1'), a('<think>\n\n r \n\n</think>\n \n A1 \n'), u(' Q2 ')]],
+    [u('Hello!')],
+    [sys, u('Hello!')],
+    [u('What is 2+2?'), a('4'), u('And 3+3?')],
+    [sys, u('What is 2+2?'), a('4'), u('And 3+3?')],
+    [u('Hi'), a('Hello! How can I help?'), u('Tell me a joke.'), a('Why did the chicken cross the road?'), u('Why?')],
+    [sys, u('Hi'), a('Hello!'), u('Tell me a joke.'), a('No.'), u('Please?')],
+    [u('What is 2+2?'), a(think), u('And 3+3?')],
+    [sys, u('Q1'), a('<think>\nfirst\n</think>\n\nA1'), u('Q2'), a('<think>\nsecond\n</think>\n\nA2'), u('Q3')],
+    [u('\n\nHello with newlines\n\n'), a('\n\nanswer with newlines\n'), u('\nok\n')],
+    [{ role: 'system', content: '\nSystem with newlines.\n' }, u('你好，世界！🙂')],
+    [u('Hello!'), a('Hi there.')],
+    [u('What is 2+2?'), a(think)],
+    [sys, u('Q1'), a('<think>\nfirst\n</think>\n\nA1'), u('Q2'), a('<think>\nsecond\n</think>\n\nA2')],
+    [u('Q1'), a('A1'), { role: 'system', content: 'Be brief.' }, u('Q2')],
+    [u('Q'), a('no think tags, but </think> inside: tail')],
+    [u('Q'), a('<think>\n  indented reasoning  \n</think>\n\n  spaced answer  ')],
+    [u('Q1'), a('<think>\n\n r \n\n</think>\n \n A1 \n'), u(' Q2 ')],
   ];
 
   const rows = [];
@@ -324,7 +323,7 @@ const badBytes = [
     for (const m of messages) checkString(m.content, `chat ${template} message`);
     rows.push({ template, messages, add_generation_prompt: addGen, enable_thinking: enableThinking, text });
   };
-  for (const [messages] of chats) {
+  for (const messages of chats) {
     const endsWithUser = messages[messages.length - 1].role === 'user';
     for (const template of Object.keys(templates)) {
       const modes = template === 'qwen3' ? [null, true, false] : [null];
