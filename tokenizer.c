@@ -35,8 +35,8 @@ typedef struct {
 } AddedToken;
 
 struct Tokenizer {
-    const char *path;
-    int n_ids;
+    char *path;
+    int n_ids, cap_ids;
     char **bytes;         // [n_ids] what each id decodes to (NULL: no such id)
     int *bytes_len;       // [n_ids]
     unsigned char *special;  // [n_ids] added tokens marked special
@@ -130,15 +130,16 @@ static int valid_id(const Tokenizer *t, const JsonNode *n, const char *what) {
 }
 
 static void set_token(Tokenizer *t, int id, const char *text, size_t len, const char *what) {
-    if (id >= t->n_ids) {
-        int n = id + 1;
-        t->bytes = realloc(t->bytes, (size_t)n * sizeof *t->bytes);
-        t->bytes_len = realloc(t->bytes_len, (size_t)n * sizeof *t->bytes_len);
-        t->special = realloc(t->special, (size_t)n);
+    if (id >= t->cap_ids) {  // ids arrive in any order: grow geometrically
+        int cap = id + 1 > 2 * t->cap_ids ? id + 1 : 2 * t->cap_ids;
+        t->bytes = realloc(t->bytes, (size_t)cap * sizeof *t->bytes);
+        t->bytes_len = realloc(t->bytes_len, (size_t)cap * sizeof *t->bytes_len);
+        t->special = realloc(t->special, (size_t)cap);
         if (!t->bytes || !t->bytes_len || !t->special) fatal("out of memory");
-        for (int i = t->n_ids; i < n; i++) t->bytes[i] = NULL, t->bytes_len[i] = 0, t->special[i] = 0;
-        t->n_ids = n;
+        for (int i = t->cap_ids; i < cap; i++) t->bytes[i] = NULL, t->bytes_len[i] = 0, t->special[i] = 0;
+        t->cap_ids = cap;
     }
+    if (id >= t->n_ids) t->n_ids = id + 1;
     if (t->bytes[id]) tok_fail(t, "%s: id %d is used twice", what, id);
     t->bytes[id] = token_bytes(text, len, &t->bytes_len[id]);
 }
@@ -309,9 +310,10 @@ static void load_post_processor(Tokenizer *t, const JsonFile *f, const JsonNode 
 Tokenizer *tokenizer_load(const char *path) {
     if (!byte_char[255]) init_byte_chars();
     Tokenizer *t = xcalloc(1, sizeof *t);
-    t->path = path;
+    t->path = strdup(path);
+    if (!t->path) fatal("out of memory");
     JsonFile f;
-    json_file_open(&f, path, 1);
+    json_file_open(&f, t->path, 1);
     check_pipeline(t, &f);
     const JsonNode *model = need(t, &f, f.root, "model", JSON_OBJECT, "");
     load_vocab(t, &f, model);
@@ -337,6 +339,7 @@ void tokenizer_free(Tokenizer *t) {
     arrfree(t->suffix);
     shfree(t->cache);
     arrfree(t->cache_ids);
+    free(t->path);
     free(t);
 }
 
@@ -827,4 +830,23 @@ char *chat_render(const ChatTemplate *ct, const ChatMessage *msgs, int n, int ad
     out[len] = 0;
     arrfree(text);
     return out;
+}
+
+char *chat_render_next(const ChatTemplate *ct, const char *user, int thinking) {
+    char *out = NULL;
+    if (ct->format == CHAT_DEEPSEEK) {
+        put(&out, "<｜end▁of▁sentence｜><｜User｜>");
+        put(&out, user);
+        put(&out, ct->think_in_prompt ? "<｜Assistant｜><think>\n" : "<｜Assistant｜>");
+    } else {
+        put(&out, "<|im_end|>\n<|im_start|>user\n");
+        put(&out, user);
+        put(&out, "<|im_end|>\n<|im_start|>assistant\n");
+        if (ct->format == CHAT_QWEN3 && thinking == 0) put(&out, "<think>\n\n</think>\n\n");
+    }
+    put_n(&out, "", 1);
+    char *text = strdup(out);
+    arrfree(out);
+    if (!text) fatal("out of memory");
+    return text;
 }
