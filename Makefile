@@ -16,14 +16,14 @@ NVFLAGS   = -O2 -std=c++17 -Xcompiler -Wall,-Wextra,-Werror $(foreach a,$(CUARCH
 LDLIBS    = -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcublas -lcudart_static -ldl -lpthread -lrt -lstdc++ -lm
 SAN       = -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer -g
 
-HOST_SRC  = nano.c model.c json.c ref.c tokenizer.c unicode.c unicode_data.c
-LIB_SRC   = model.c json.c ref.c tokenizer.c unicode.c unicode_data.c   # everything but main(), for the tests
+HOST_SRC  = nano.c model.c json.c ref.c tokenizer.c sampler.c unicode.c unicode_data.c
+LIB_SRC   = model.c json.c ref.c tokenizer.c sampler.c unicode.c unicode_data.c   # everything but main(), for the tests
 
-TEST_SRC  = tests/test_nano.c tests/test_unicode.c tests/test_tokenizer.c
+TEST_SRC  = tests/test_nano.c tests/test_unicode.c tests/test_tokenizer.c tests/test_modes.c
 
 FUZZ_SECONDS ?= 60
 
-.PHONY: all test fuzz clean
+.PHONY: all test test-gpu fuzz clean
 all: nano
 
 build/%.o: %.c | build
@@ -48,6 +48,17 @@ build/san/tests/%.o: tests/%.c | build
 test: nano build/san/nano build/san/test_nano
 	ASAN_OPTIONS=detect_leaks=1:protect_shadow_gap=0 build/san/test_nano ./nano build/san/nano
 
+# GPU suite: each decode stage and prefill kernel against the reference ops on the fixtures' tensors,
+# whole forwards GPU vs reference (KLD, top-1, greedy), determinism and the wo_split sweep. Where no
+# GPU exists it says so and exits 0 without a verdict. tests/test_gpu.c includes ref.c for its ops.
+build/tests/test_gpu.o: tests/test_gpu.c ref.c nano.h | build
+	@mkdir -p build/tests
+	$(CC) $(CFLAGS) -I. -c $< -o $@
+build/test_gpu: build/tests/test_gpu.o $(patsubst %.c,build/%.o,$(filter-out ref.c,$(LIB_SRC))) build/kernels.o
+	$(CC) $^ -o $@ $(LDLIBS)
+test-gpu: nano build/test_gpu
+	build/test_gpu
+
 # libFuzzer targets for the JSON and safetensors parsers (needs clang); each runs FUZZ_SECONDS.
 build/fuzz_%: tests/fuzz/fuzz_%.c json.c model.c nano.h | build
 	clang -g -O1 -std=c11 -D_GNU_SOURCE -I. -I$(STB_INC) -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all $< json.c model.c -lm -o $@
@@ -57,4 +68,4 @@ fuzz: build/fuzz_json build/fuzz_safetensors
 clean:
 	rm -rf build nano
 
--include $(wildcard build/*.d build/san/*.d build/san/tests/*.d)
+-include $(wildcard build/*.d build/san/*.d build/san/tests/*.d build/tests/*.d)

@@ -42,6 +42,8 @@ typedef struct {
     int print_ids;
     int force_ref;
     KVFormat kv;
+    int wo_split;  // GPU: o_proj reduction slices; 0 picks from the shape
+    int check;     // --check
 } Options;
 
 static void usage(FILE *out) {
@@ -82,8 +84,11 @@ static void usage(FILE *out) {
             "Engine:\n"
             "  -c, --ctx N             KV cache capacity in tokens (default min(%d, max_position_embeddings))\n"
             "  -b, --batch N           prefill the prompt in chunks of N tokens (default %d)\n"
-            "      --kv FORMAT         KV cache format: bf16 (default) or f32 (exact, for checking)\n"
+            "      --kv FORMAT         KV cache format: bf16 (default) or f32 (exact, for checking; reference path only)\n"
             "      --ref               use the scalar reference path (the default without a GPU)\n"
+            "      --wo-split N        GPU decode: split o_proj's reduction over N = 1, 2, 4 or 8 slots (default: from the shape)\n"
+            "      --check             with --prompt-ids: run the GPU and the reference side by side on the prompt and -n\n"
+            "                          decode steps; print each layer's largest residual difference\n"
             "Output:\n"
             "      --print-ids         print generated token ids instead of text\n"
             "      --dump-logits PATH  --prompt-ids: write fp32 logits for every prompt position, [n_prompt x vocab]\n"
@@ -125,6 +130,7 @@ static void parse_args(Options *o, int argc, char **argv) {
         }
         if (!strcmp(a, "--print-ids")) o->print_ids = 1;
         else if (!strcmp(a, "--ref")) o->force_ref = 1;
+        else if (!strcmp(a, "--check")) o->check = 1;
         else if (is_flag(a, "-i", "--interactive")) o->interactive = 1;
         else if (!strcmp(a, "--resume")) o->resume = 1;
         else if (!strcmp(a, "--raw")) o->raw = 1;
@@ -154,7 +160,10 @@ static void parse_args(Options *o, int argc, char **argv) {
             else if (!strcmp(a, "--min-p")) o->min_p = parse_float(a, v, 0.0f, 1.0f);
             else if (!strcmp(a, "--repeat-penalty")) o->repeat_penalty = parse_float(a, v, 0.01f, 100.0f);
             else if (is_flag(a, "-s", "--seed")) o->seed = (uint64_t)parse_long(a, v, 0, 0x7fffffffffffffffL);
-            else if (!strcmp(a, "--kv")) {
+            else if (!strcmp(a, "--wo-split")) {
+                o->wo_split = (int)parse_long(a, v, 1, 8);
+                if (o->wo_split & (o->wo_split - 1)) fatal("--wo-split: expected 1, 2, 4 or 8, got '%s'", v);
+            } else if (!strcmp(a, "--kv")) {
                 if (kv_format_parse(v, &o->kv)) fatal("--kv: unknown format '%s' (expected bf16 or f32)", v);
             } else fatal("unknown option '%s' (see --help)", a);
         }
@@ -166,6 +175,7 @@ static void parse_args(Options *o, int argc, char **argv) {
     if (o->out && !o->file) fatal("-o names the results file of -f; there is no -f");
     if (o->resume && !o->out) fatal("--resume needs -o: it continues the results file of an earlier run");
     if (o->dump_logits && !o->prompt_ids) fatal("--dump-logits works with --prompt-ids");
+    if (o->check && !o->prompt_ids) fatal("--check works with --prompt-ids");
 }
 
 #define ID_SEPARATORS " ,\t\r\n"
@@ -239,7 +249,8 @@ static Tokenizer *load_tokenizer(const char *dir, int required) {
         free(path);
         return NULL;
     }
-    Tokenizer *t = tokenizer_load(path);  // keeps the path for its messages
+    Tokenizer *t = tokenizer_load(path);
+    free(path);
     return t;
 }
 
@@ -248,9 +259,29 @@ static Engine *open_engine(const Options *o, const Model *m, int ctx) {
         char why[160];
         int n_gpus = cuda_device_count(why, sizeof why);
         if (n_gpus == 0) fprintf(stderr, "nano: no CUDA GPU (%s); using the reference path\n", why);
-        else fprintf(stderr, "nano: found %d CUDA GPU(s), but the GPU engine is not written yet; using the reference path\n", n_gpus);
+        else if (o->kv != KV_BF16)
+            fatal("--kv %s: the GPU engine keeps its KV cache in bf16; add --ref for the reference path", kv_format_name(o->kv));
+        else {
+            Engine *e = cuda_engine_create(m, ctx, o->kv, o->batch, o->wo_split, why, sizeof why);
+            if (e) return e;
+            fprintf(stderr, "nano: no GPU engine (%s); using the reference path\n", why);
+        }
     }
     return ref_engine_create(m, ctx, o->kv, o->batch);
+}
+
+// --check: the GPU engine against the reference, layer by layer, on the --prompt-ids tokens.
+static int check_mode(const Options *o) {
+    Model m;
+    model_load(&m, o->model_dir);
+    int n;
+    int *ids = parse_prompt_ids(o->prompt_ids, m.cfg.vocab, &n);
+    int ctx = o->ctx ? o->ctx : n + o->n_predict;
+    if (n > ctx) fatal("prompt of %d tokens is longer than the context of %d tokens (-c)", n, ctx);
+    int rc = cuda_check(&m, ids, n, o->n_predict, ctx, o->batch, o->wo_split);
+    free(ids);
+    model_free(&m);
+    return rc;
 }
 
 // Flags override the model's generation_config.json.
@@ -412,6 +443,7 @@ static Finish session_generate(Session *s, int n_predict, Sink *out, GenStats *s
 
 // Like llama.cpp's timings: load, prompt and generation speed, on stderr after every generation.
 static void print_timings(const Session *s, const GenStats *st) {
+    fflush(stdout);  // the reply first, when both go to one place
     fprintf(stderr, "nano: load %.0f ms | prompt %d tok, %.1f ms, %.2f tok/s | generated %d tok, %.1f ms, %.2f tok/s | %s, %s KV\n",
             s->load_s * 1e3, st->n_prompt, st->prompt_s * 1e3, st->prompt_s > 0 ? st->n_prompt / st->prompt_s : 0.0, st->n_gen,
             st->gen_s * 1e3, st->gen_s > 0 && st->n_gen > 1 ? (st->n_gen - 1) / st->gen_s : 0.0, s->engine->name,
@@ -825,6 +857,7 @@ int main(int argc, char **argv) {
         tokenize_mode(&o);
         return 0;
     }
+    if (o.check) return check_mode(&o);
     Session s;
     session_open(&s, &o, !o.prompt_ids);
     if (o.prompt_ids) prompt_ids_mode(&s, &o);

@@ -321,6 +321,9 @@ void chat_template_free(ChatTemplate *ct);
 const char *chat_format_name(ChatFormat f);
 // The prompt text for msgs[0..n); thinking: 1 on, 0 off (Qwen3's enable_thinking=false), -1 unset.
 char *chat_render(const ChatTemplate *ct, const ChatMessage *msgs, int n, int add_generation_prompt, int thinking);
+// The text that follows an assistant reply in the KV cache to add the next user turn and the
+// generation prompt: the reply's end-of-turn marker first, since the stop token is never fed back.
+char *chat_render_next(const ChatTemplate *ct, const char *user, int thinking);
 
 // ---------------------------------------------------------------------------------------------
 // GPU engine (kernels.cu)
@@ -330,6 +333,61 @@ extern "C" {
 #endif
 // Number of usable CUDA devices; 0 with a reason in why (no driver, no device) otherwise.
 int cuda_device_count(char *why, size_t whylen);
+
+// The GPU engine on device 0: weights as bf16 (f16/f32 checkpoints are rounded at upload), a bf16 KV
+// cache, fp32 activations. A forward of one token is one cooperative kernel launch; longer chunks
+// (up to max_batch tokens) go through cuBLAS and a tiled attention kernel. wo_split: 1, 2, 4 or 8
+// slices of o_proj's reduction (0 picks one from the shape). Returns NULL with the reason in why when
+// there is no usable GPU, the shape or KV format is not supported, or the model does not fit. Prints
+// one line on stderr with the GPU memory in use. Other CUDA failures are fatal.
+Engine *cuda_engine_create(const Model *m, int capacity, KVFormat kv, int max_batch, int wo_split, char *why,
+                           size_t whylen);
+void cuda_engine_set_wo_split(Engine *e, int wo_split);  // 1, 2, 4 or 8
+
+// Residual stream after each layer's attention (stage 0) and MLP (stage 1): x holds T rows of hidden
+// floats, one per token of the forward call. For --check and the tests; NULL turns it off.
+typedef void (*LayerHook)(void *ctx, int layer, int stage, const float *x, int T);
+void cuda_engine_set_hook(Engine *e, LayerHook hook, void *ctx);
+void ref_engine_set_hook(Engine *e, LayerHook hook, void *ctx);  // ref.c
+
+// The weights as the GPU engine computes with them: a copy of m's views whose matrices are bf16
+// (f16/f32 ones rounded into new buffers; bf16 ones shared with m). Norms and biases stay as stored.
+// Borrows m; free with cuda_rounded_model_free(), never model_free().
+Model *cuda_rounded_model(const Model *m);
+void cuda_rounded_model_free(Model *r);
+
+// --check: the GPU and the reference (on the rounded weights) side by side on the same tokens: the
+// prompt in chunks of batch, then n_decode tokens one at a time (the reference's greedy picks fed to
+// both). Prints on stdout, per layer, the largest |difference| of the residual after attention and
+// after the MLP (and relative to the reference's largest |value| there), the logits' agreement, and
+// the first layer beyond the tolerance. Returns 0 when no layer exceeds it, else 1.
+int cuda_check(const Model *m, const int *ids, int n, int n_decode, int capacity, int batch, int wo_split);
+
+// For tests/test_gpu.c: one stage of one layer on given inputs, through the decode kernel (T == 1) or
+// the prefill path (T > 1), at positions pos..pos+T-1 of the engine's own KV cache.
+enum { CUDA_ST_QKV = 1, CUDA_ST_ATT = 2, CUDA_ST_WO = 4, CUDA_ST_MLP = 8, CUDA_ST_FINAL = 16 };
+typedef struct {
+    int stage, layer, pos, T;
+    const float *x;  // in [T][hidden]: residual (QKV, WO, MLP, FINAL)
+    const float *q;  // in [T][Hq*D]: query after q_norm and RoPE (ATT)
+    const float *o;  // in [T][Hq*D]: attention output (WO)
+    float *out;      // out: q [T][Hq*D] (QKV), o (ATT), residual [T][hidden] (WO, MLP), logits [T][vocab] (FINAL)
+    int argmax;      // out (FINAL, T == 1): the decode kernel's greedy pick
+} CudaStage;
+void cuda_engine_run_stage(Engine *e, CudaStage *s);
+// Copies positions [0, n) of every layer between a bf16 KVCache of the same model and the engine's cache.
+void cuda_engine_kv_copy(Engine *e, KVCache *kv, int n, int to_gpu);
+// Greedy decode chained on the GPU (the pick feeds the next step without the host) from token id at
+// position pos: steps tokens, their ids in ids (when not NULL); returns seconds per token.
+double cuda_engine_bench_decode(Engine *e, int id, int pos, int steps, int *ids);
+// Microseconds per stage of a greedy decode step at position pos (block 0's %globaltimer, averaged
+// over reps and layers): QKV, attention, o_proj, gate/up, down (each per layer), then the final
+// norm + lm_head + pick.
+void cuda_engine_stage_times(Engine *e, int id, int pos, int reps, double us[6]);
+// Bytes a decode step streams: weights, and KV cache per position of context.
+void cuda_engine_bytes(Engine *e, double *weights, double *kv_per_pos);
+// Device-to-device copy bandwidth in bytes/s (read + written) over a buffer of the given size.
+double cuda_copy_bandwidth(size_t bytes);
 #ifdef __cplusplus
 }
 #endif

@@ -30,6 +30,8 @@ void expect_error(const char *nano, const char *what, const char *expect, char *
 // Entry points of the other test files.
 void test_unicode(void);                     // tests/test_unicode.c: NFC, character classes, UTF-8
 void test_tokenizer(void);                   // tests/test_tokenizer.c: encode/decode/templates in process
-void test_tokenizer_cli(const char *nano);   // tests/test_tokenizer.c: --tokenize, -p and friends end to end
+void test_tokenizer_cli(const char *nano);   // tests/test_tokenizer.c: --tokenize and tokenizer errors end to end
+void test_sampling(void);                    // tests/test_modes.c: the sampler on known logits
+void test_modes(const char *nano);           // tests/test_modes.c: -p, -f, --perplexity, -i on the tiny model
 
 #endif

@@ -672,10 +672,12 @@ int main(int argc, char **argv) {
     test_safetensors();
     test_unicode();
     test_tokenizer();
+    test_sampling();
     for (int i = 1; i < argc; i++) {
         test_bad_input(argv[i]);
         test_generation(argv[i]);
         test_tokenizer_cli(argv[i]);
+        test_modes(argv[i]);
         int found = test_fixtures_in(argv[i], "tests/fixtures") + test_fixtures_in(argv[i], "models");
         check(found >= 7, "%s: found %d HF fixtures (expected at least 7)", argv[i], found);
     }

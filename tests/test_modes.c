@@ -1,0 +1,414 @@
+// The sampler's math on known logits, and the ways people run nano — one prompt, batch file,
+// perplexity, interactive chat (through a pipe, and Ctrl-C under tmux) — on the trained tiny model,
+// whose transformers perplexity and greedy ids are in tests/fixtures/tiny_ppl/expected.json.
+#include <fcntl.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "tests/check.h"
+
+#define TINY "models/qwen3-tiny-classics"
+
+// ---------------------------------------------------------------------------------------------
+// Sampler
+
+static const float base_logits[5] = {2.0f, 1.5f, 0.5f, -1.0f, 3.0f};
+
+static int probs_for(SamplerConfig c, int n_ids, const int *hist, int n_hist, float *probs) {
+    Sampler s;
+    sampler_init(&s, &c, n_ids, 1);
+    float logits[5];
+    memcpy(logits, base_logits, sizeof logits);
+    int kept = sampler_probs(&s, logits, hist, n_hist, probs);
+    sampler_free(&s);
+    return kept;
+}
+
+static double softmax_of(int i, const float *x, int n, float temp) {
+    double sum = 0;
+    for (int k = 0; k < n; k++) sum += exp((x[k] - x[4]) / temp);
+    return exp((x[i] - x[4]) / temp) / sum;
+}
+
+static void test_sampler(void) {
+    SamplerConfig plain = {.temp = 1, .top_k = 0, .top_p = 1, .min_p = 0, .repeat_penalty = 1};
+    float p[5];
+    int kept = probs_for(plain, 5, NULL, 0, p);
+    int ok = kept == 5;
+    for (int i = 0; i < 5; i++) ok &= fabs(p[i] - softmax_of(i, base_logits, 5, 1)) < 1e-6;
+    check(ok, "sampler: no filters = softmax");
+
+    SamplerConfig hot = plain;
+    hot.temp = 2;
+    probs_for(hot, 5, NULL, 0, p);
+    check(fabs(p[0] / p[4] - exp((2.0 - 3.0) / 2)) < 1e-5, "sampler: temperature 2 halves logit gaps (ratio %g)", p[0] / p[4]);
+
+    // Softmax of base_logits: 0.2175 0.1319 0.0485 0.0108 0.5912 (ids 4, 0, 1, 2, 3 in order).
+    SamplerConfig topk = plain;
+    topk.top_k = 2;
+    kept = probs_for(topk, 5, NULL, 0, p);
+    check(kept == 2 && p[1] == 0 && fabs(p[4] + p[0] - 1) < 1e-6 && fabs(p[4] / p[0] - exp(1.0)) < 1e-5, "sampler: top-k 2 keeps ids 4 and 0");
+
+    SamplerConfig topp = plain;
+    topp.top_p = 0.80f;  // 0.5912 < 0.80, 0.8087 >= 0.80: two ids carry the mass
+    kept = probs_for(topp, 5, NULL, 0, p);
+    check(kept == 2 && p[4] > 0 && p[0] > 0 && p[1] == 0, "sampler: top-p 0.80 keeps the smallest set reaching 0.80 (%d ids)", kept);
+    topp.top_p = 0.85f;  // needs the third id
+    kept = probs_for(topp, 5, NULL, 0, p);
+    check(kept == 3 && p[1] > 0 && p[2] == 0, "sampler: top-p 0.85 keeps 3 ids (%d)", kept);
+
+    SamplerConfig minp = plain;
+    minp.min_p = 0.2f;  // floor 0.2 * 0.5912 = 0.1182: ids 4, 0, 1 stay
+    kept = probs_for(minp, 5, NULL, 0, p);
+    check(kept == 3 && p[2] == 0 && p[1] > 0, "sampler: min-p 0.2 cuts below 0.2 x the top probability (%d ids)", kept);
+
+    // Repetition penalty: positive logits divided, negative multiplied — both less likely.
+    SamplerConfig rep = {.temp = 0, .top_k = 0, .top_p = 1, .min_p = 0, .repeat_penalty = 2};
+    Sampler s;
+    sampler_init(&s, &rep, 5, 1);
+    float logits[5];
+    memcpy(logits, base_logits, sizeof logits);
+    int hist[] = {4, 3, 4};
+    int id = sampler_sample(&s, logits, hist, 3);
+    check(logits[4] == 1.5f && logits[3] == -2.0f && logits[0] == 2.0f && id == 0,
+          "sampler: repetition penalty 2 moves seen ids down once each (%g, %g), greedy then picks id %d", logits[4], logits[3], id);
+    sampler_free(&s);
+
+    SamplerConfig greedy = plain;
+    greedy.temp = 0;
+    sampler_init(&s, &greedy, 5, 1);
+    memcpy(logits, base_logits, sizeof logits);
+    check(sampler_sample(&s, logits, NULL, 0) == 4, "sampler: temperature 0 is argmax");
+    sampler_free(&s);
+
+    // Ids past n_ids (padding rows of the embedding) are never drawn, however likely.
+    sampler_init(&s, &plain, 4, 1);
+    int drew_pad = 0;
+    for (int i = 0; i < 1000; i++) {
+        memcpy(logits, base_logits, sizeof logits);
+        drew_pad |= sampler_sample(&s, logits, NULL, 0) >= 4;
+    }
+    check(!drew_pad, "sampler: never draws ids past the tokenizer's");
+    sampler_free(&s);
+
+    // Frequencies over many draws: chi-square with 4 degrees of freedom below 18.47 (p = 0.001).
+    enum { DRAWS = 50000 };
+    int counts[5] = {0};
+    sampler_init(&s, &plain, 5, 7);
+    for (int i = 0; i < DRAWS; i++) {
+        memcpy(logits, base_logits, sizeof logits);
+        counts[sampler_sample(&s, logits, NULL, 0)]++;
+    }
+    sampler_free(&s);
+    double chi2 = 0;
+    for (int i = 0; i < 5; i++) {
+        double e = DRAWS * softmax_of(i, base_logits, 5, 1);
+        chi2 += (counts[i] - e) * (counts[i] - e) / e;
+    }
+    check(chi2 < 18.47, "sampler: %d draws match the softmax, chi-square %.2f < 18.47", DRAWS, chi2);
+
+    // Same seed, same draws.
+    int a[20], b[20];
+    for (int round = 0; round < 2; round++) {
+        sampler_init(&s, &plain, 5, 99);
+        for (int i = 0; i < 20; i++) {
+            memcpy(logits, base_logits, sizeof logits);
+            (round ? b : a)[i] = sampler_sample(&s, logits, NULL, 0);
+        }
+        sampler_free(&s);
+    }
+    check(!memcmp(a, b, sizeof a), "sampler: same seed, same draws");
+}
+
+// ---------------------------------------------------------------------------------------------
+// The modes, end to end
+
+static Run nano_run(const char *nano, char **args, const char *stdin_path) {
+    char *argv[40];
+    int n = 0;
+    argv[n++] = (char *)nano;
+    while (*args && n < 39) argv[n++] = *args++;
+    argv[n] = NULL;
+    if (!stdin_path) return run(argv, 0);
+    // Interactive runs read a file as stdin: the child inherits descriptor 0.
+    int saved = dup(0), fd = open(stdin_path, O_RDONLY);
+    dup2(fd, 0);
+    close(fd);
+    Run r = run(argv, 0);
+    dup2(saved, 0);
+    close(saved);
+    return r;
+}
+
+typedef struct {
+    JsonFile f;
+    double ppl;
+    int ctx, stride;
+    char greedy_prompt[200], greedy_ids[400];
+} Expected;
+
+static int load_expected(Expected *e) {
+    if (!json_file_open(&e->f, "tests/fixtures/tiny_ppl/expected.json", 0)) return 0;
+    const Json *j = &e->f.json;
+    e->ppl = json_get(j, e->f.root, "ppl")->num;
+    e->ctx = (int)json_get(j, e->f.root, "ctx")->num;
+    e->stride = (int)json_get(j, e->f.root, "stride")->num;
+    const JsonNode *g = json_get(j, e->f.root, "greedy");
+    snprintf(e->greedy_prompt, sizeof e->greedy_prompt, "%s", json_get(j, g, "prompt")->str);
+    size_t o = 0;
+    for (const JsonNode *id = json_first(j, json_get(j, g, "ids")); id; id = json_next(j, id))
+        o += (size_t)snprintf(e->greedy_ids + o, sizeof e->greedy_ids - o, "%s%d", o ? " " : "", (int)id->num);
+    json_file_close(&e->f);
+    return 1;
+}
+
+static void test_prompt_and_perplexity(const char *nano, const Expected *e) {
+    // Greedy ids equal transformers' (no repetition penalty, as generate() was run there).
+    char n_arg[16];
+    snprintf(n_arg, sizeof n_arg, "%d", 24);
+    char *ids_args[] = {"-m", TINY, "-p", (char *)e->greedy_prompt, "--raw", "--temp", "0", "--repeat-penalty", "1", "-n", n_arg,
+                        "--print-ids", "--ref", NULL};
+    Run r = nano_run(nano, ids_args, NULL);
+    check(r.status == 0 && !strcmp(r.out, e->greedy_ids), "%s -p --raw greedy: ids [%s], transformers [%s]", nano, r.out, e->greedy_ids);
+    run_free(&r);
+
+    // The same as text: what decoding those ids gives, and a timings line.
+    char *text_args[] = {"-m", TINY, "-p", (char *)e->greedy_prompt, "--raw", "--temp", "0", "--repeat-penalty", "1", "-n", n_arg, "--ref", NULL};
+    r = nano_run(nano, text_args, NULL);
+    Tokenizer *tok = tokenizer_load(TINY "/tokenizer.json");
+    int ids[64], n = 0;
+    for (char *p = (char *)e->greedy_ids; *p && n < 64;) ids[n++] = (int)strtol(p, &p, 10);
+    size_t len;
+    char *want = tokenizer_decode(tok, ids, n, 1, &len);
+    tokenizer_free(tok);
+    check(r.status == 0 && !strcmp(r.out, want) && strstr(r.err, "prompt 8 tok") && strstr(r.err, "generated 24 tok"),
+          "%s -p streams the decoded text and a timings line", nano);
+    free(want);
+    run_free(&r);
+
+    // With the chat template, generation_config's sampling and a system prompt.
+    char *chat_args[] = {"-m", TINY, "-p", "Hello there", "--system", "Be kind.", "-n", "8", "--ref", NULL};
+    r = nano_run(nano, chat_args, NULL);
+    check(r.status == 0 && strstr(r.err, "prompt 24 tok"), "%s -p applies the ChatML template (24 prompt tokens): %s", nano, r.err);
+    run_free(&r);
+
+    char *bad_utf8[] = {"-m", TINY, "-p", "caf\xc3", "--ref", NULL};
+    expect_error(nano, "-p with invalid UTF-8", "invalid UTF-8 at byte offset 3", bad_utf8);
+    char *too_long[] = {"-m", TINY, "-p", (char *)e->greedy_prompt, "-c", "4", "--ref", NULL};
+    expect_error(nano, "-p longer than the context", "do not fit", too_long);
+
+    // Perplexity equals transformers' within 0.5% (bf16 KV) and 1e-4 (f32 KV).
+    char ctx[16], stride[16];
+    snprintf(ctx, sizeof ctx, "%d", e->ctx);
+    snprintf(stride, sizeof stride, "%d", e->stride);
+    const char *kvs[] = {"f32", "bf16"};
+    double tol[] = {1e-4, 5e-3};
+    for (int k = 0; k < 2; k++) {
+        char *args[] = {"-m", TINY, "--perplexity", "tests/fixtures/tiny_ppl/heldout.txt", "-c", ctx, "--stride", stride, "--kv",
+                        (char *)kvs[k], "--ref", NULL};
+        r = nano_run(nano, args, NULL);
+        double ppl = 0;
+        int scored = 0;
+        const char *p = strstr(r.out, "perplexity: ");
+        if (p) sscanf(p, "perplexity: %lf over %d", &ppl, &scored);
+        check(r.status == 0 && scored == 1724 && fabs(ppl / e->ppl - 1) < tol[k], "%s --perplexity --kv %s: %.4f over %d tokens, transformers %.4f",
+              nano, kvs[k], ppl, scored, e->ppl);
+        run_free(&r);
+    }
+}
+
+// One result line of a batch, parsed.
+typedef struct {
+    int id, n_gen, n_prompt;
+    char finish[16], output[600], error[200];
+} Result;
+
+static int read_results(const char *path, Result *res, int max) {
+    size_t len;
+    char *text = read_file(path, &len);
+    int n = 0;
+    for (char *line = text; text && line < text + len && n < max;) {
+        char *nl = strchr(line, '\n');
+        if (!nl) break;
+        Json j;
+        Result *r = &res[n];
+        memset(r, 0, sizeof *r);
+        if (json_parse(&j, line, (size_t)(nl - line)) == 0) {
+            const JsonNode *root = json_root(&j), *v;
+            r->id = (v = json_get(&j, root, "id")) ? (int)v->num : -1;
+            r->n_gen = (v = json_get(&j, root, "n_gen_tokens")) ? (int)v->num : -1;
+            r->n_prompt = (v = json_get(&j, root, "n_prompt_tokens")) ? (int)v->num : -1;
+            if ((v = json_get(&j, root, "finish_reason"))) snprintf(r->finish, sizeof r->finish, "%s", v->str);
+            if ((v = json_get(&j, root, "output"))) snprintf(r->output, sizeof r->output, "%s", v->str);
+            if ((v = json_get(&j, root, "error"))) snprintf(r->error, sizeof r->error, "%s", v->str);
+            if (json_get(&j, root, "prompt") && json_get(&j, root, "ms")) n++;
+        }
+        json_free(&j);
+        line = nl + 1;
+    }
+    free(text);
+    return n;
+}
+
+static void test_batch(const char *nano) {
+    char prompts[600];  // tmp_path's buffers are reused by run()
+    snprintf(prompts, sizeof prompts, "%s", tmp_path("prompts.txt"));
+    write_text(prompts,
+               "It is a truth universally acknowledged\n"
+               "{\"prompt\": \"Call me Ishmael.\", \"n_predict\": 5, \"seed\": 3}\n"
+               "\n"
+               "bad \xff byte\n"
+               "{\"prompt\": \"In the beginning\", \"system\": \"You are a scribe.\"}\n"
+               "{\"prompt\": 42}\n"
+               "{\"prompt\": \"a very long prompt that cannot fit in a context of sixty-four tokens, no matter how it is tokenized, "
+               "because it goes on and on, and on and on, and then on again, with more words, and more words after those, until "
+               "the context is far too small to hold all of it\"}\n");
+    char out[600], out2[600];
+    snprintf(out, sizeof out, "%s", tmp_path("results.jsonl"));
+    snprintf(out2, sizeof out2, "%s", tmp_path("results2.jsonl"));
+    char *args[] = {"-m", TINY, "-f", (char *)prompts, "-o", out, "-n", "12", "-c", "64", "--ref", NULL};
+    Run r = nano_run(nano, args, NULL);
+    Result res[10];
+    int n = read_results(out, res, 10);
+    int ok = r.status == 0 && n == 6;
+    int want_ids[] = {1, 2, 4, 5, 6, 7};
+    for (int i = 0; i < n && i < 6; i++) ok &= res[i].id == want_ids[i];
+    check(ok, "%s -f: one result per non-empty line, in input order (%d results): %s", nano, n, r.err);
+    if (n == 6) {
+        check(!strcmp(res[0].finish, "length") && res[0].n_gen == 12 && res[0].output[0], "%s -f: plain line -> %d tokens, %s", nano,
+              res[0].n_gen, res[0].finish);
+        check(res[1].n_gen <= 5 && res[1].n_prompt > 0, "%s -f: JSON line's n_predict 5 -> %d tokens", nano, res[1].n_gen);
+        check(!strcmp(res[2].finish, "error") && strstr(res[2].error, "invalid UTF-8 at byte offset 4"), "%s -f: invalid UTF-8 -> %s",
+              nano, res[2].error);
+        check(!strcmp(res[3].finish, "length") || !strcmp(res[3].finish, "stop"), "%s -f: JSON line with a system prompt -> %s", nano,
+              res[3].finish);
+        check(!strcmp(res[4].finish, "error") && strstr(res[4].error, "\"prompt\" string"), "%s -f: {\"prompt\": 42} -> %s", nano,
+              res[4].error);
+        check(!strcmp(res[5].finish, "error") && strstr(res[5].error, "do not fit"), "%s -f: too long for -c 64 -> %s", nano,
+              res[5].error);
+    }
+    run_free(&r);
+
+    // --resume after an interruption: keep two finished lines and half of the third.
+    size_t len;
+    char *full = read_file(out, &len);
+    char *cut = full;
+    for (int i = 0; i < 2 && cut; i++) cut = (cut = strchr(cut, '\n')) ? cut + 1 : NULL;
+    if (cut && (size_t)(cut - full) + 10 < len) {
+        FILE *f = fopen(out2, "w");
+        fwrite(full, 1, (size_t)(cut - full) + 10, f);
+        fclose(f);
+    }
+    char *resume_args[] = {"-m", TINY, "-f", (char *)prompts, "-o", out2, "-n", "12", "-c", "64", "--ref", "--resume", NULL};
+    r = nano_run(nano, resume_args, NULL);
+    size_t len2;
+    char *resumed = read_file(out2, &len2);
+    // Same seeds, so the resumed file must equal the uninterrupted one except for the timings.
+    Result a[10], b[10];
+    int na = read_results(out, a, 10), nb = read_results(out2, b, 10);
+    ok = r.status == 0 && na == nb && strstr(r.err, "2 skipped");
+    for (int i = 0; i < na && i < nb; i++) ok &= a[i].id == b[i].id && !strcmp(a[i].output, b[i].output);
+    check(ok, "%s -f --resume: runs only the missing prompts, drops the cut line, same outputs (%d vs %d results): %s", nano, nb, na, r.err);
+    free(full);
+    free(resumed);
+    run_free(&r);
+}
+
+static void test_interactive_pipe(const char *nano) {
+    // Two turns, a reset, one more: only each new turn is prefilled.
+    char in[600];
+    snprintf(in, sizeof in, "%s", tmp_path("chat.txt"));
+    write_text(in, "Hello\nHow are you\n/reset\nHello\n/exit\nnever read\n");
+    char *args[] = {"-m", TINY, "-i", "-n", "6", "--temp", "0", "--ref", NULL};
+    Run r = nano_run(nano, args, in);
+    // Turn 2 prefills exactly '<|im_end|>\n<|im_start|>user\nHow are you<|im_end|>\n<|im_start|>assistant\n'.
+    Tokenizer *tok = tokenizer_load(TINY "/tokenizer.json");
+    const char *turn2 = "<|im_end|>\n<|im_start|>user\nHow are you<|im_end|>\n<|im_start|>assistant\n";
+    ChatTemplate ct;
+    chat_template_load(&ct, TINY);
+    ChatMessage hello = {"user", "Hello"};
+    char *turn1 = chat_render(&ct, &hello, 1, 1, -1), err[100];
+    chat_template_free(&ct);
+    int n1, n2;
+    free(tokenizer_encode(tok, turn1, strlen(turn1), 0, &n1, err, sizeof err));
+    free(turn1);
+    free(tokenizer_encode(tok, turn2, strlen(turn2), 0, &n2, err, sizeof err));
+    tokenizer_free(tok);
+    char want1[64], want2[64];
+    snprintf(want1, sizeof want1, "prompt %d tok", n1);
+    snprintf(want2, sizeof want2, "prompt %d tok", n2);
+    const char *first = strstr(r.err, want1), *second = first ? strstr(first + 1, want2) : NULL;
+    const char *third = second ? strstr(second, want1) : NULL;  // after /reset, a whole first turn again
+    check(r.status == 0 && first && second && third && strstr(r.err, "conversation cleared"),
+          "%s -i through a pipe: turn 1 prefills %d tokens, turn 2 only its own %d, /reset, then %d again, /exit", nano, n1, n2, n1);
+    run_free(&r);
+
+    // A full context is reported and the chat goes on.
+    write_text(in, "Tell me everything about the whole wide world and all of its many wonderful people\nHi\n");
+    char *small_args[] = {"-m", TINY, "-i", "-n", "4", "-c", "24", "--ref", NULL};
+    r = nano_run(nano, small_args, in);
+    check(r.status == 0 && strstr(r.err, "do not fit") && strstr(r.err, "/reset"), "%s -i: a turn too long for -c 24 is reported: %s", nano,
+          r.err);
+    run_free(&r);
+}
+
+// Ctrl-C under a real terminal: tmux runs nano -i, we type, interrupt the reply, then quit.
+static void test_interactive_tmux(const char *nano) {
+    if (system("command -v tmux >/dev/null 2>&1") != 0) {
+        check(0, "tmux is not installed (apt-get install tmux): the Ctrl-C test cannot run");
+        return;
+    }
+    char cmd[1200], session[64], log[600];
+    snprintf(session, sizeof session, "nano-test-%d", (int)getpid());
+    snprintf(log, sizeof log, "%s", tmp_path("tmux-status.txt"));
+    // Long replies (--raw prose, no stop token in sight) so the Ctrl-C lands mid-reply.
+    snprintf(cmd, sizeof cmd,
+             "tmux new-session -d -s %s -x 200 -y 50 \"ASAN_OPTIONS=detect_leaks=0 %s -m %s -i --raw -n 100000 -c 1024 --temp 1 "
+             "--ref; echo exit=\\$? > %s; sleep 30\"",
+             session, nano, TINY, log);
+    int ok = system(cmd) == 0;
+    char pane[600];
+    snprintf(pane, sizeof pane, "%s", tmp_path("pane.txt"));
+    snprintf(cmd, sizeof cmd,
+             "sleep 1; tmux send-keys -t %s 'It was a dark and stormy night' Enter; sleep 0.7; tmux send-keys -t %s C-c; sleep 1;"
+             "tmux send-keys -t %s '/exit' Enter; sleep 1; tmux capture-pane -p -S -200 -t %s > %s",
+             session, session, session, session, pane);
+    ok &= system(cmd) == 0;
+    char *screen = slurp(pane), *status = slurp(log);
+    // The reply stopped (not the program), the prompt came back, and /exit then ended nano normally.
+    check(ok && strstr(screen, "reply stopped") && !strcmp(status, "exit=0\n"), "%s -i under tmux: Ctrl-C stops the reply, /exit quits (%s)",
+          nano, status);
+    free(screen);
+    free(status);
+    snprintf(cmd, sizeof cmd, "tmux kill-session -t %s 2>/dev/null", session);
+    if (system(cmd)) {}
+
+    // Ctrl-C at an empty prompt exits.
+    snprintf(cmd, sizeof cmd,
+             "tmux new-session -d -s %s \"ASAN_OPTIONS=detect_leaks=0 %s -m %s -i --ref; echo exit=\\$? > %s; sleep 30\"; sleep 1;"
+             "tmux send-keys -t %s C-c; sleep 1",
+             session, nano, TINY, log, session);
+    ok = system(cmd) == 0;
+    status = slurp(log);
+    check(ok && !strcmp(status, "exit=0\n"), "%s -i under tmux: Ctrl-C at the prompt exits (%s)", nano, status);
+    free(status);
+    snprintf(cmd, sizeof cmd, "tmux kill-session -t %s 2>/dev/null", session);
+    if (system(cmd)) {}
+}
+
+void test_modes(const char *nano) {
+    Expected e;
+    if (!load_expected(&e)) {
+        check(0, "tests/fixtures/tiny_ppl/expected.json is missing");
+        return;
+    }
+    test_prompt_and_perplexity(nano, &e);
+    test_batch(nano);
+    test_interactive_pipe(nano);
+    test_interactive_tmux(nano);
+}
+
+void test_sampling(void) { test_sampler(); }
