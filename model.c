@@ -44,6 +44,7 @@ void *xcalloc(size_t count, size_t size) {
     return p;
 }
 
+#define PREFETCH_PROGRESS_BYTES (256u << 20)  // smaller checkpoints load too fast to need a progress line
 #define MAX_JSON_FILE (64u << 20)  // config and index files are kilobytes; refuse anything absurd
 
 // Opens a regular file for reading; O_NONBLOCK keeps a FIFO planted in the model directory from
@@ -641,6 +642,30 @@ void model_load(Model *m, const char *dir) {
         if (!b.map[i].used && unused++ == 0) first = b.map[i].key;
     if (unused) fprintf(stderr, "nano: warning: %d tensor(s) in the checkpoint are not used, e.g. '%s'\n", unused, first);
     shfree(b.map);
+}
+
+// Reads the weights into memory up front, with a progress line for big checkpoints, so the first
+// tokens are not slowed by page faults and a slow disk shows as loading time, not as generation time.
+void model_prefetch(const Model *m, const char *dir) {
+    size_t total = 0, done = 0;
+    for (int i = 0; i < m->n_shards; i++) total += m->shards[i].size;
+    int show = total >= PREFETCH_PROGRESS_BYTES && isatty(2);
+    long page = sysconf(_SC_PAGESIZE);
+    volatile uint8_t sink = 0;
+    int last_pct = -1;
+    for (int i = 0; i < m->n_shards; i++) {
+        const SafeTensors *st = &m->shards[i];
+        madvise(st->map, st->size, MADV_WILLNEED);
+        for (size_t off = 0; off < st->size; off += (size_t)page, done += (size_t)page) {
+            sink ^= st->map[off];
+            int pct = (int)(100.0 * (double)done / (double)total);
+            if (show && pct != last_pct) {
+                fprintf(stderr, "\rnano: loading %s: %d%% of %.2f GB", dir, pct, total / 1e9);
+                last_pct = pct;
+            }
+        }
+    }
+    if (show) fprintf(stderr, "\rnano: loaded %s: %.2f GB            \n", dir, total / 1e9);
 }
 
 void model_free(Model *m) {

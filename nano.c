@@ -300,6 +300,7 @@ static void session_open(Session *s, const Options *o, int need_tokenizer) {
     double t0 = now_seconds();
     s->tok = load_tokenizer(o->model_dir, need_tokenizer);
     model_load(&s->m, o->model_dir);
+    model_prefetch(&s->m, o->model_dir);
     const Config *c = &s->m.cfg;
     if (s->tok) chat_template_load(&s->chat, o->model_dir);
     s->ctx = o->ctx ? o->ctx : (c->max_pos < DEFAULT_CTX ? c->max_pos : DEFAULT_CTX);

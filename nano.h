@@ -175,6 +175,8 @@ typedef struct {
 
 void model_load(Model *m, const char *dir);  // fatal on any problem
 void model_free(Model *m);
+// Reads every weight page once (a progress line on a terminal for checkpoints of 256 MB and more).
+void model_prefetch(const Model *m, const char *dir);
 
 // Reads a whole file into a NUL-terminated malloc'd buffer; NULL if it cannot be opened (errno set).
 char *read_file(const char *path, size_t *len);
