@@ -29,9 +29,9 @@ prompt=$(awk -v n="$pp" -v v="$vocab" 'BEGIN { x = 12345; for (i = 0; i < n; i++
 
 csv="run,preset,pp,tg,prefill_tok_s,decode_tok_s,flags"
 for r in $(seq 1 "$runs"); do
-    stats=$(./nano -m "$dir" --prompt-ids "$prompt" -n "$tg" --temp 0 --print-ids "${extra[@]}" 2>&1 >/dev/null | grep '^nano: prompt')
-    pre=$(echo "$stats" | sed -n 's/.*prompt [0-9]* tok in [0-9.]* s (\([0-9.]*\) tok\/s).*/\1/p')
-    dec=$(echo "$stats" | sed -n 's/.*generated [0-9]* tok in [0-9.]* s (\([0-9.]*\) tok\/s).*/\1/p')
+    stats=$(./nano -m "$dir" --prompt-ids "$prompt" -n "$tg" --temp 0 --print-ids "${extra[@]}" 2>&1 >/dev/null | grep '^nano: load')
+    pre=$(echo "$stats" | sed -n 's/.*| prompt [0-9]* tok, [0-9.]* ms, \([0-9.]*\) tok\/s.*/\1/p')
+    dec=$(echo "$stats" | sed -n 's/.*| generated [0-9]* tok, [0-9.]* ms, \([0-9.]*\) tok\/s.*/\1/p')
     csv+=$'\n'"$r,$preset,$pp,$tg,$pre,$dec,${extra[*]:-}"
 done
 
