@@ -23,6 +23,8 @@ typedef struct {
 // Runs argv with stdout/stderr captured (stdout's final newline stripped); killed after 120 s.
 Run run(char *const argv[], int expect_failure);
 void run_free(Run *r);
+// nano with args (NULL-terminated), reading stdin_path as its stdin when not NULL.
+Run run_nano(const char *nano, char **args, const char *stdin_path);
 // A bad input must give exit status 1 and exactly one stderr line that contains expect.
 // args: NULL-terminated arguments after the binary.
 void expect_error(const char *nano, const char *what, const char *expect, char **args);

@@ -1,7 +1,6 @@
 // The sampler's math on known logits, and the ways people run nano — one prompt, batch file,
 // perplexity, interactive chat (through a pipe, and Ctrl-C under tmux) — on the trained tiny model,
 // whose transformers perplexity and greedy ids are in tests/fixtures/tiny_ppl/expected.json.
-#include <fcntl.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -126,22 +125,6 @@ static void test_sampler(void) {
 // ---------------------------------------------------------------------------------------------
 // The modes, end to end
 
-static Run nano_run(const char *nano, char **args, const char *stdin_path) {
-    char *argv[40];
-    int n = 0;
-    argv[n++] = (char *)nano;
-    while (*args && n < 39) argv[n++] = *args++;
-    argv[n] = NULL;
-    if (!stdin_path) return run(argv, 0);
-    // Interactive runs read a file as stdin: the child inherits descriptor 0.
-    int saved = dup(0), fd = open(stdin_path, O_RDONLY);
-    dup2(fd, 0);
-    close(fd);
-    Run r = run(argv, 0);
-    dup2(saved, 0);
-    close(saved);
-    return r;
-}
 
 typedef struct {
     JsonFile f;
@@ -171,13 +154,13 @@ static void test_prompt_and_perplexity(const char *nano, const Expected *e) {
     snprintf(n_arg, sizeof n_arg, "%d", 24);
     char *ids_args[] = {"-m", TINY, "-p", (char *)e->greedy_prompt, "--raw", "--temp", "0", "--repeat-penalty", "1", "-n", n_arg,
                         "--print-ids", "--ref", NULL};
-    Run r = nano_run(nano, ids_args, NULL);
+    Run r = run_nano(nano, ids_args, NULL);
     check(r.status == 0 && !strcmp(r.out, e->greedy_ids), "%s -p --raw greedy: ids [%s], transformers [%s]", nano, r.out, e->greedy_ids);
     run_free(&r);
 
     // The same as text: what decoding those ids gives, and a timings line.
     char *text_args[] = {"-m", TINY, "-p", (char *)e->greedy_prompt, "--raw", "--temp", "0", "--repeat-penalty", "1", "-n", n_arg, "--ref", NULL};
-    r = nano_run(nano, text_args, NULL);
+    r = run_nano(nano, text_args, NULL);
     Tokenizer *tok = tokenizer_load(TINY "/tokenizer.json");
     int ids[64], n = 0;
     for (char *p = (char *)e->greedy_ids; *p && n < 64;) ids[n++] = (int)strtol(p, &p, 10);
@@ -191,7 +174,7 @@ static void test_prompt_and_perplexity(const char *nano, const Expected *e) {
 
     // With the chat template, generation_config's sampling and a system prompt.
     char *chat_args[] = {"-m", TINY, "-p", "Hello there", "--system", "Be kind.", "-n", "8", "--ref", NULL};
-    r = nano_run(nano, chat_args, NULL);
+    r = run_nano(nano, chat_args, NULL);
     check(r.status == 0 && strstr(r.err, "prompt 24 tok"), "%s -p applies the ChatML template (24 prompt tokens): %s", nano, r.err);
     run_free(&r);
 
@@ -209,7 +192,7 @@ static void test_prompt_and_perplexity(const char *nano, const Expected *e) {
     for (int k = 0; k < 2; k++) {
         char *args[] = {"-m", TINY, "--perplexity", "tests/fixtures/tiny_ppl/heldout.txt", "-c", ctx, "--stride", stride, "--kv",
                         (char *)kvs[k], "--ref", NULL};
-        r = nano_run(nano, args, NULL);
+        r = run_nano(nano, args, NULL);
         double ppl = 0;
         int scored = 0;
         const char *p = strstr(r.out, "perplexity: ");
@@ -270,7 +253,7 @@ static void test_batch(const char *nano) {
     snprintf(out, sizeof out, "%s", tmp_path("results.jsonl"));
     snprintf(out2, sizeof out2, "%s", tmp_path("results2.jsonl"));
     char *args[] = {"-m", TINY, "-f", (char *)prompts, "-o", out, "-n", "12", "-c", "64", "--ref", NULL};
-    Run r = nano_run(nano, args, NULL);
+    Run r = run_nano(nano, args, NULL);
     Result res[10];
     int n = read_results(out, res, 10);
     int ok = r.status == 0 && n == 6;
@@ -303,7 +286,7 @@ static void test_batch(const char *nano) {
         fclose(f);
     }
     char *resume_args[] = {"-m", TINY, "-f", (char *)prompts, "-o", out2, "-n", "12", "-c", "64", "--ref", "--resume", NULL};
-    r = nano_run(nano, resume_args, NULL);
+    r = run_nano(nano, resume_args, NULL);
     size_t len2;
     char *resumed = read_file(out2, &len2);
     // Same seeds, so the resumed file must equal the uninterrupted one except for the timings.
@@ -323,7 +306,7 @@ static void test_interactive_pipe(const char *nano) {
     snprintf(in, sizeof in, "%s", tmp_path("chat.txt"));
     write_text(in, "Hello\nHow are you\n/reset\nHello\n/exit\nnever read\n");
     char *args[] = {"-m", TINY, "-i", "-n", "6", "--temp", "0", "--ref", NULL};
-    Run r = nano_run(nano, args, in);
+    Run r = run_nano(nano, args, in);
     // Turn 2 prefills exactly '<|im_end|>\n<|im_start|>user\nHow are you<|im_end|>\n<|im_start|>assistant\n'.
     Tokenizer *tok = tokenizer_load(TINY "/tokenizer.json");
     const char *turn2 = "<|im_end|>\n<|im_start|>user\nHow are you<|im_end|>\n<|im_start|>assistant\n";
@@ -349,7 +332,7 @@ static void test_interactive_pipe(const char *nano) {
     // A full context is reported and the chat goes on.
     write_text(in, "Tell me everything about the whole wide world and all of its many wonderful people\nHi\n");
     char *small_args[] = {"-m", TINY, "-i", "-n", "4", "-c", "24", "--ref", NULL};
-    r = nano_run(nano, small_args, in);
+    r = run_nano(nano, small_args, in);
     check(r.status == 0 && strstr(r.err, "do not fit") && strstr(r.err, "/reset"), "%s -i: a turn too long for -c 24 is reported: %s", nano,
           r.err);
     run_free(&r);

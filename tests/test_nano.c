@@ -281,6 +281,23 @@ Run run(char *const argv[], int expect_failure) {
     return r;
 }
 
+Run run_nano(const char *nano, char **args, const char *stdin_path) {
+    char *argv[40];
+    int n = 0;
+    argv[n++] = (char *)nano;
+    while (*args && n < 39) argv[n++] = *args++;
+    argv[n] = NULL;
+    if (!stdin_path) return run(argv, 0);
+    // Interactive runs read a file as stdin: the child inherits descriptor 0.
+    int saved = dup(0), fd = open(stdin_path, O_RDONLY);
+    dup2(fd, 0);
+    close(fd);
+    Run r = run(argv, 0);
+    dup2(saved, 0);
+    close(saved);
+    return r;
+}
+
 int count_lines(const char *s) {
     int n = 0;
     for (; *s; s++) n += *s == '\n';

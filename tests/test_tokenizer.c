@@ -251,14 +251,6 @@ void test_tokenizer(void) {
 // ---------------------------------------------------------------------------------------------
 // The command line
 
-static Run run_args(const char *nano, char **args, int expect_failure) {
-    char *argv[16];
-    int n = 0;
-    argv[n++] = (char *)nano;
-    while (*args && n < 15) argv[n++] = *args++;
-    argv[n] = NULL;
-    return run(argv, expect_failure);
-}
 
 // A model directory holding only a tokenizer.json with the given text.
 static char *tokenizer_dir(const char *name, const char *json) {
@@ -274,7 +266,7 @@ static char *tokenizer_dir(const char *name, const char *json) {
 void test_tokenizer_cli(const char *nano) {
     {
         char *args[] = {"-m", "tests/tokenizer/qwen3", "--tokenize", "Hello, world! <think>x</think>", NULL};
-        Run r = run_args(nano, args, 0);
+        Run r = run_nano(nano, args, NULL);
         check(r.status == 0 && !strcmp(r.out, "9707 11 1879 0 220 151667 87 151668"), "%s --tokenize: %s", nano, r.out);
         run_free(&r);
     }
@@ -282,7 +274,7 @@ void test_tokenizer_cli(const char *nano) {
         const char *path = tmp_path("text.txt");
         write_text(path, "12345\n\n  leading spaces and trailing   ");
         char *args[] = {"-m", "tests/tokenizer/qwen3", "--tokenize-file", (char *)path, NULL};
-        Run r = run_args(nano, args, 0);
+        Run r = run_nano(nano, args, NULL);
         check(r.status == 0 && !strcmp(r.out, "16 17 18 19 20 271 220 6388 12621 323 27748 262"), "%s --tokenize-file: %s", nano, r.out);
         run_free(&r);
     }
@@ -292,7 +284,7 @@ void test_tokenizer_cli(const char *nano) {
         snprintf(want, sizeof want, "%d ", tokenizer_find(small, "<｜begin▁of▁sentence｜>"));
         tokenizer_free(small);
         char *args[] = {"-m", "tests/tokenizer/small", "--tokenize", "Hi", NULL};  // R1-style BOS from the post-processor
-        Run r = run_args(nano, args, 0);
+        Run r = run_nano(nano, args, NULL);
         check(r.status == 0 && !strncmp(r.out, want, strlen(want)), "%s --tokenize adds the post-processor's BOS (%s): %s", nano, want, r.out);
         run_free(&r);
     }
