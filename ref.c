@@ -81,6 +81,8 @@ struct RefState {
     float *inv_freq; // [D/2] RoPE frequencies (YaRN already folded in)
     float rope_scale;  // multiplies cos and sin (YaRN attention factor, else 1)
     int capacity;
+    LayerHook hook;    // residual after each layer's attention and MLP (--check), or NULL
+    void *hook_ctx;
 };
 
 // HF's rotary embedding init, in fp32 like torch: default 1/theta^(2i/D); YaRN blends interpolated
@@ -278,6 +280,7 @@ static void forward_chunk(RefState *s, const Model *m, KVCache *kv, const int *i
         attention(s, c, kv, l, T, pos);
         linear(s, s->proj, s->attn, &w->wo, &w->bo, T);
         for (size_t i = 0; i < (size_t)T * H; i++) s->x[i] += s->proj[i];
+        if (s->hook) s->hook(s->hook_ctx, l, 0, s->x, T);
 
         // MLP block
         for (int t = 0; t < T; t++) rmsnorm(s->h + (size_t)t * H, s->x + (size_t)t * H, &w->post_norm, H, c->rms_eps);
@@ -286,6 +289,7 @@ static void forward_chunk(RefState *s, const Model *m, KVCache *kv, const int *i
         for (size_t i = 0; i < (size_t)T * I; i++) s->gate[i] = silu(s->gate[i]) * s->up[i];
         linear(s, s->proj, s->gate, &w->w_down, NULL, T);
         for (size_t i = 0; i < (size_t)T * H; i++) s->x[i] += s->proj[i];
+        if (s->hook) s->hook(s->hook_ctx, l, 1, s->x, T);
     }
 
     // Final norm and lm_head, for every token or only the last; none for a chunk that only fills the cache.
@@ -322,6 +326,12 @@ static void ref_engine_free(Engine *e) {
     ref_free(r->s);
     kv_free(&r->kv);
     free(r);
+}
+
+void ref_engine_set_hook(Engine *e, LayerHook hook, void *ctx) {
+    RefEngine *r = (RefEngine *)e;
+    r->s->hook = hook;
+    r->s->hook_ctx = ctx;
 }
 
 Engine *ref_engine_create(const Model *m, int capacity, KVFormat kv, int max_batch) {
