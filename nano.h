@@ -388,7 +388,7 @@ double cuda_engine_bench_decode(Engine *e, int id, int pos, int steps, int *ids)
 void cuda_engine_stage_times(Engine *e, int id, int pos, int reps, double us[6]);
 // Decode steps of the Engine API replay a CUDA graph of the launch (1, the default) or launch directly.
 void cuda_engine_use_graph(Engine *e, int on);
-// Before each grid barrier of a step, prefetch into L2 the next stage's first weights (1, the default).
+// Before each grid barrier of a step, prefetch into L2 the next stage's first weights (default 0).
 void cuda_engine_set_prefetch(Engine *e, int on);
 // Bytes a decode step streams: weights, and KV cache per position of context.
 void cuda_engine_bytes(Engine *e, double *weights, double *kv_per_pos);
