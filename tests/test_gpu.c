@@ -576,6 +576,46 @@ static void bench(const char *dir, double copy_bw) {
     model_free(&m);
 }
 
+// The trained tiny model through the nano binary on the GPU engine: transformers' held-out perplexity
+// within 0.5% and transformers' greedy ids (tests/fixtures/tiny_ppl/expected.json).
+static char *run_nano_gpu(const char *args) {
+    char cmd[1024];
+    snprintf(cmd, sizeof cmd, "./nano -m models/qwen3-tiny-classics %s 2>&1", args);
+    FILE *p = popen(cmd, "r");
+    static char out[8192];
+    size_t n = p ? fread(out, 1, sizeof out - 1, p) : 0;
+    out[n] = 0;
+    if (p) pclose(p);
+    return out;
+}
+
+static void test_tiny_model(void) {
+    JsonFile f;
+    if (!json_file_open(&f, "tests/fixtures/tiny_ppl/expected.json", 0)) {
+        check(0, "tests/fixtures/tiny_ppl/expected.json is missing");
+        return;
+    }
+    const Json *j = &f.json;
+    double want_ppl = json_get(j, f.root, "ppl")->num;
+    const JsonNode *g = json_get(j, f.root, "greedy");
+    char args[512], want_ids[400] = "";
+    size_t o = 0;
+    for (const JsonNode *id = json_first(j, json_get(j, g, "ids")); id; id = json_next(j, id))
+        o += (size_t)snprintf(want_ids + o, sizeof want_ids - o, "%s%d", o ? " " : "", (int)id->num);
+    snprintf(args, sizeof args, "-p '%s' --raw --temp 0 --repeat-penalty 1 -n 24 --print-ids", json_get(j, g, "prompt")->str);
+    char *out = run_nano_gpu(args);
+    check(strstr(out, want_ids) && strstr(out, "| cuda, bf16 KV"), "tiny model on the GPU: greedy ids = transformers' [%s]", want_ids);
+    snprintf(args, sizeof args, "--perplexity tests/fixtures/tiny_ppl/heldout.txt -c %d --stride %d",
+             (int)json_get(j, f.root, "ctx")->num, (int)json_get(j, f.root, "stride")->num);
+    out = run_nano_gpu(args);
+    double ppl = 0;
+    const char *line = strstr(out, "perplexity: ");
+    if (line) sscanf(line, "perplexity: %lf", &ppl);
+    check(fabs(ppl / want_ppl - 1) < 5e-3 && strstr(out, "| cuda, bf16 KV"), "tiny model on the GPU: held-out perplexity %.4f, transformers %.4f",
+          ppl, want_ppl);
+    json_file_close(&f);
+}
+
 int main(int argc, char **argv) {
     char why[256];
     setvbuf(stdout, NULL, _IOLBF, 0);
@@ -594,6 +634,7 @@ int main(int argc, char **argv) {
     } else {
         int found = test_fixture_dir("tests/fixtures") + test_fixture_dir("models");
         check(found >= 7, "found %d HF fixtures (expected at least 7)", found);
+        test_tiny_model();
     }
     printf("%d passed, %d failed\n", n_pass, n_fail);
     return n_fail ? 1 : 0;
