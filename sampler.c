@@ -6,6 +6,8 @@
 
 #include "nano.h"
 
+#define TOP_K_HEAP_MAX 4096  // larger k: quickselect instead of the heap
+
 void sampler_init(Sampler *s, const SamplerConfig *c, int n_ids, uint64_t seed) {
     s->c = *c;
     s->n_ids = n_ids;
@@ -53,8 +55,9 @@ static void repetition_penalty(Sampler *s, float *logits, const int *history, in
 
 static int argmax(const float *x, int n) {
     int best = 0;
+    float max = x[0];
     for (int i = 1; i < n; i++)
-        if (x[i] > x[best]) best = i;
+        if (x[i] > max) max = x[i], best = i;
     return best;
 }
 
@@ -65,15 +68,41 @@ static int by_prob_desc(const void *a, const void *b) {  // ties by id, so the o
     return *(const int *)a - *(const int *)b;
 }
 
-// Moves the k largest of prob[order[0..n)] to the front (unordered): quickselect.
-static void select_top(const float *prob, int *order, int n, int k) {
+// Restores the min-heap order of heap[0..k) below slot i (the root holds the smallest key).
+static void sift_down(const float *key, int *heap, int k, int i) {
+    for (;;) {
+        int c = 2 * i + 1;
+        if (c >= k) return;
+        if (c + 1 < k && key[heap[c + 1]] < key[heap[c]]) c++;
+        if (key[heap[c]] >= key[heap[i]]) return;
+        int t = heap[c];
+        heap[c] = heap[i];
+        heap[i] = t;
+        i = c;
+    }
+}
+
+// The k largest of key[0..n) into out[0..k) (unordered), in one pass with a min-heap of the best so
+// far: a few compares per id, cheap next to exponentiating or sorting a 150k vocabulary.
+static void top_k_heap(const float *key, int n, int k, int *out) {
+    for (int i = 0; i < k; i++) out[i] = i;
+    for (int i = k / 2 - 1; i >= 0; i--) sift_down(key, out, k, i);
+    for (int i = k; i < n; i++)
+        if (key[i] > key[out[0]]) {
+            out[0] = i;
+            sift_down(key, out, k, 0);
+        }
+}
+
+// Moves the k largest of key[order[0..n)] to the front (unordered): quickselect.
+static void select_top(const float *key, int *order, int n, int k) {
     int lo = 0, hi = n - 1;
     while (lo < hi) {
-        float pivot = prob[order[(lo + hi) / 2]];
+        float pivot = key[order[(lo + hi) / 2]];
         int i = lo, j = hi;
         while (i <= j) {
-            while (prob[order[i]] > pivot) i++;
-            while (prob[order[j]] < pivot) j--;
+            while (key[order[i]] > pivot) i++;
+            while (key[order[j]] < pivot) j--;
             if (i <= j) {
                 int t = order[i];
                 order[i++] = order[j];
@@ -86,41 +115,58 @@ static void select_top(const float *prob, int *order, int n, int k) {
     }
 }
 
+// Puts the candidates order[0..kept) that top-p keeps first, most likely first, and returns how many.
+// A big candidate set (no top-k) is not sorted whole: the heap brings out growing blocks of the most
+// likely ids until one holds top_p of the mass.
+static int top_p_prefix(Sampler *s, int kept) {
+    sort_keys = s->prob;
+    int m = kept <= TOP_K_HEAP_MAX ? kept : 256;
+    for (;; m *= 16) {
+        if (m > kept / 8) m = kept;  // most of the set is needed: sort it all
+        if (m < kept) top_k_heap(s->prob, s->n_ids, m, s->order);  // only when order[] is every id
+        qsort(s->order, (size_t)m, sizeof *s->order, by_prob_desc);
+        double acc = 0;
+        for (int i = 0; i < m; i++) {
+            if (i > 0 && acc >= s->c.top_p) return i;
+            acc += s->prob[s->order[i]];
+        }
+        if (m == kept) return kept;
+    }
+}
+
 int sampler_probs(Sampler *s, float *logits, const int *history, int n_history, float *probs) {
     int n = s->n_ids;
     repetition_penalty(s, logits, history, n_history);
-    float temp = s->c.temp > 0 ? s->c.temp : 1.0f;
-    float max = logits[argmax(logits, n)];
-    double sum = 0;
-    for (int i = 0; i < n; i++) sum += s->prob[i] = expf((logits[i] - max) / temp);
-    for (int i = 0; i < n; i++) s->prob[i] = (float)(s->prob[i] / sum);
-
-    // Candidates in descending probability: the top k only when top-k is on, so a 150k vocab is
-    // not sorted for every token.
+    // Candidates: with top-k on, the k largest logits (temperature keeps their order), so a 150k
+    // vocabulary is neither exponentiated nor sorted for every token; else every id.
     int kept = n;
-    for (int i = 0; i < n; i++) s->order[i] = i;
     if (s->c.top_k > 0 && s->c.top_k < n) {
-        select_top(s->prob, s->order, n, s->c.top_k);
         kept = s->c.top_k;
+        if (kept <= TOP_K_HEAP_MAX) top_k_heap(logits, n, kept, s->order);
+        else {
+            for (int i = 0; i < n; i++) s->order[i] = i;
+            select_top(logits, s->order, n, kept);
+        }
+    } else {
+        for (int i = 0; i < n; i++) s->order[i] = i;
     }
-    sort_keys = s->prob;
-    qsort(s->order, (size_t)kept, sizeof *s->order, by_prob_desc);
-    // top-p: the smallest prefix whose probability mass (renormalized after top-k, as transformers'
-    // warpers see it) reaches top_p; at least one id.
-    double mass = 0;
-    for (int i = 0; i < kept; i++) mass += s->prob[s->order[i]];
-    if (s->c.top_p < 1.0f) {
-        double acc = 0;
-        int i = 0;
-        while (i < kept && (i == 0 || acc < s->c.top_p * mass)) acc += s->prob[s->order[i++]];
-        kept = i;
-    }
-    // min-p: drop ids below min_p times the most likely one.
+    // Softmax over the candidates (transformers' warpers after top-k see exactly these).
+    float temp = s->c.temp > 0 ? s->c.temp : 1.0f, max = logits[s->order[0]];
+    for (int i = 1; i < kept; i++) max = logits[s->order[i]] > max ? logits[s->order[i]] : max;
+    double sum = 0;
+    for (int i = 0; i < kept; i++) sum += s->prob[s->order[i]] = expf((logits[s->order[i]] - max) / temp);
+    for (int i = 0; i < kept; i++) s->prob[s->order[i]] = (float)(s->prob[s->order[i]] / sum);
+    // top-p: the smallest most-likely set whose mass reaches top_p; at least one id.
+    if (s->c.top_p < 1.0f) kept = top_p_prefix(s, kept);
+    // min-p: drop ids below min_p times the most likely one (order is kept, sorted or not).
     if (s->c.min_p > 0) {
-        float floor = s->c.min_p * s->prob[s->order[0]];
-        while (kept > 1 && s->prob[s->order[kept - 1]] < floor) kept--;
+        float floor = s->c.min_p * (float)(1.0 / sum);  // the top id's probability: exp(0) / sum
+        int k = 0;
+        for (int i = 0; i < kept; i++)
+            if (s->prob[s->order[i]] >= floor) s->order[k++] = s->order[i];
+        kept = k;
     }
-    mass = 0;
+    double mass = 0;
     for (int i = 0; i < kept; i++) mass += s->prob[s->order[i]];
     memset(probs, 0, (size_t)n * sizeof *probs);
     for (int i = 0; i < kept; i++) probs[s->order[i]] = (float)(s->prob[s->order[i]] / mass);
@@ -135,9 +181,9 @@ int sampler_sample(Sampler *s, float *logits, const int *history, int n_history)
     float *probs = logits;  // sampler_probs reads the logits before it writes the distribution
     int kept = sampler_probs(s, logits, history, n_history, probs);
     double r = uniform(s), acc = 0;
-    for (int i = 0; i < kept; i++) {  // s->order[0..kept) lists the kept ids, most likely first
+    for (int i = 0; i < kept; i++) {  // s->order[0..kept) lists the kept ids
         acc += probs[s->order[i]];
         if (r < acc) return s->order[i];
     }
-    return s->order[0];  // rounding left r above the total: the most likely id
+    return s->order[kept - 1];  // rounding left r above the total
 }
