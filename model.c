@@ -61,6 +61,8 @@ static int open_regular(const char *path, struct stat *sb) {
     return fd;
 }
 
+const char *file_error(void) { return errno == EINVAL ? "not a regular file" : strerror(errno); }
+
 char *read_file(const char *path, size_t *len) {
     struct stat sb;
     int fd = open_regular(path, &sb);
@@ -282,7 +284,7 @@ static void st_open(SafeTensors *st, const char *path) {
     st->path = path;
     struct stat sb;
     int fd = open_regular(path, &sb);
-    if (fd < 0) fatal("%s: %s", path, errno == EINVAL ? "not a regular file" : strerror(errno));
+    if (fd < 0) fatal("%s: %s", path, file_error());
     st->size = (size_t)sb.st_size;
     if (st->size < 8) fatal("%s: file is %zu bytes, too short for a safetensors header", path, st->size);
     void *map = mmap(NULL, st->size, PROT_READ, MAP_PRIVATE, fd, 0);
@@ -302,7 +304,7 @@ int json_file_open(JsonFile *f, const char *path, int required) {
     f->path = path;
     if (!text) {
         if (errno == ENOENT && !required) return 0;
-        fatal("%s: %s", path, errno == EINVAL ? "not a regular file" : strerror(errno));
+        fatal("%s: %s", path, file_error());
     }
     if (json_parse(&f->json, text, len)) fatal("%s: bad JSON: %s", path, f->json.err);
     free(text);

@@ -338,6 +338,10 @@ static void check_logits(const float *logits, int rows, int vocab, int first_pos
 // Appends ids to the cache and runs them, leaving the last one's logits. Returns 0, or -1 with err
 // set when they do not fit or an id is outside the embedding (nothing is run then).
 static int session_feed(Session *s, const int *ids, int n, char *err, size_t errlen) {
+    if (n == 0 && s->pos == 0) {  // nothing to compute logits from
+        snprintf(err, errlen, "the prompt is empty (0 tokens)");
+        return -1;
+    }
     if (n == 0) return 0;
     if (s->pos + n > s->ctx) {
         snprintf(err, errlen, "%d prompt tokens do not fit: %d of the context's %d are in use (-c)", n, s->pos, s->ctx);
@@ -459,6 +463,10 @@ static int *prompt_tokens(Session *s, const Options *o, const char *system, cons
         return NULL;
     }
     if (o->raw || s->chat.format == CHAT_NONE) return tokenizer_encode(s->tok, text, strlen(text), 1, n, err, errlen);
+    if (s->chat.format == CHAT_UNSUPPORTED) {
+        snprintf(err, errlen, "the model's chat_template is not ChatML, Qwen3's or DeepSeek's; pass --raw for plain text");
+        return NULL;
+    }
     ChatMessage msgs[2];
     int k = 0;
     if (system) msgs[k++] = (ChatMessage){"system", system};
@@ -466,6 +474,20 @@ static int *prompt_tokens(Session *s, const Options *o, const char *system, cons
     char *rendered = chat_render(&s->chat, msgs, k, 1, o->think);
     int *ids = tokenizer_encode(s->tok, rendered, strlen(rendered), 0, n, err, errlen);
     free(rendered);
+    return ids;
+}
+
+// A chat turn's ids: the first as a whole prompt, later ones as what follows the previous reply.
+static int *turn_tokens(Session *s, const Options *o, const char *line, int first, int *n, char *err, size_t errlen) {
+    if (o->raw || first) return prompt_tokens(s, o, o->system, line, n, err, errlen);
+    long bad = utf8_invalid_offset(line, strlen(line));
+    if (bad >= 0) {
+        snprintf(err, errlen, "invalid UTF-8 at byte offset %ld", bad);
+        return NULL;
+    }
+    char *text = chat_render_next(&s->chat, line, o->think);
+    int *ids = tokenizer_encode(s->tok, text, strlen(text), 0, n, err, errlen);
+    free(text);
     return ids;
 }
 
@@ -477,7 +499,7 @@ static void tokenize_mode(const Options *o) {
     Tokenizer *tok = load_tokenizer(o->model_dir, 1);
     size_t len = 0;
     char *text = o->tokenize ? strdup(o->tokenize) : read_file(o->tokenize_file, &len);
-    if (!text) fatal("--tokenize-file %s: %s", o->tokenize_file, strerror(errno));
+    if (!text) fatal("--tokenize-file %s: %s", o->tokenize_file, file_error());
     if (o->tokenize) len = strlen(text);
     char err[160];
     int n;
@@ -568,8 +590,9 @@ static char *read_line(FILE *in) {
 
 // -i: a chat. Each turn prefills only its own tokens; the cache keeps the whole conversation.
 static void interactive_mode(Session *s, const Options *o) {
-    if (s->chat.format == CHAT_NONE && !o->raw)
-        fatal("-i: %s has no chat template; pass --raw to chat with plain text continuation", o->model_dir);
+    if ((s->chat.format == CHAT_NONE || s->chat.format == CHAT_UNSUPPORTED) && !o->raw)
+        fatal("-i: %s has %s chat template; pass --raw to chat with plain text continuation", o->model_dir,
+              s->chat.format == CHAT_NONE ? "no" : "an unsupported");
     int tty = isatty(0);
     struct sigaction sa = {0};
     sa.sa_handler = on_sigint;  // no SA_RESTART: Ctrl-C interrupts the read at the prompt
@@ -606,17 +629,7 @@ static void interactive_mode(Session *s, const Options *o) {
             continue;
         }
         char err[200];
-        int n = 0, *ids;
-        if (o->raw || turn == 0) {
-            ids = prompt_tokens(s, o, o->system, line, &n, err, sizeof err);
-        } else if (utf8_invalid_offset(line, strlen(line)) >= 0) {
-            snprintf(err, sizeof err, "invalid UTF-8 at byte offset %ld", utf8_invalid_offset(line, strlen(line)));
-            ids = NULL;
-        } else {
-            char *text = chat_render_next(&s->chat, line, o->think);
-            ids = tokenizer_encode(s->tok, text, strlen(text), 0, &n, err, sizeof err);
-            free(text);
-        }
+        int n = 0, *ids = turn_tokens(s, o, line, turn == 0, &n, err, sizeof err);
         free(line);
         GenStats st = {.n_prompt = n};
         double t0 = now_seconds();
@@ -644,6 +657,7 @@ static void json_string(FILE *f, const char *s) {
     char text[16];
     fputc('"', f);
     for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
+        if (*p < 0x80) fwrite(text, 1, utf8_stream_finish(&u, text), f);  // a cut sequence ends here
         if (*p == '"' || *p == '\\') fprintf(f, "\\%c", *p);
         else if (*p == '\n') fputs("\\n", f);
         else if (*p == '\t') fputs("\\t", f);
@@ -661,19 +675,25 @@ static unsigned char *done_ids(const char *path, int n_lines) {
     size_t len;
     char *text = read_file(path, &len);
     if (!text) {
-        if (errno != ENOENT) fatal("--resume %s: %s", path, strerror(errno));
+        if (errno != ENOENT) fatal("--resume %s: %s", path, file_error());
         return done;
     }
     size_t keep = 0;
+    int line_no = 0;
     for (char *line = text; line < text + len;) {
         char *nl = memchr(line, '\n', (size_t)(text + len - line));
         if (!nl) break;  // no newline: the write never finished
+        line_no++;
         Json j;
-        if (json_parse(&j, line, (size_t)(nl - line)) == 0) {
-            const JsonNode *id = json_get(&j, json_root(&j), "id");
-            if (id && id->type == JSON_NUMBER && id->is_integer && id->num >= 1 && id->num <= n_lines) done[(int)id->num] = 1;
-        }
+        int ok = json_parse(&j, line, (size_t)(nl - line)) == 0;
+        const JsonNode *id = ok ? json_get(&j, json_root(&j), "id") : NULL;
+        const JsonNode *output = ok ? json_get(&j, json_root(&j), "output") : NULL;
+        const JsonNode *finish = ok ? json_get(&j, json_root(&j), "finish_reason") : NULL;
+        ok = id && id->type == JSON_NUMBER && id->is_integer && id->num >= 1 && output && output->type == JSON_STRING && finish &&
+             finish->type == JSON_STRING;
+        if (ok && id->num <= n_lines) done[(int)id->num] = 1;
         json_free(&j);
+        if (!ok) fatal("--resume %s: line %d is not a nano result; move the file away or drop --resume", path, line_no);
         line = nl + 1;
         keep = (size_t)(line - text);
     }
@@ -703,10 +723,10 @@ static int parse_batch_line(const char *line, const Options *o, BatchItem *it, c
         const JsonNode *r = json_root(&j), *p = json_get(&j, r, "prompt"), *n = json_get(&j, r, "n_predict");
         const JsonNode *sys = json_get(&j, r, "system"), *seed = json_get(&j, r, "seed");
         if (!p || p->type != JSON_STRING) snprintf(err, errlen, "a JSON line needs a \"prompt\" string");
-        else if (n && (n->type != JSON_NUMBER || !n->is_integer || n->num < 0 || n->num > 1 << 30))
+        else if (n && (n->type != JSON_NUMBER || n->num != floor(n->num) || n->num < 0 || n->num > 1 << 30))
             snprintf(err, errlen, "\"n_predict\" must be an integer >= 0");
         else if (sys && sys->type != JSON_STRING) snprintf(err, errlen, "\"system\" must be a string");
-        else if (seed && (seed->type != JSON_NUMBER || !seed->is_integer || seed->num < 0 || seed->num > 9007199254740992.0))
+        else if (seed && (seed->type != JSON_NUMBER || seed->num != floor(seed->num) || seed->num < 0 || seed->num > 9007199254740992.0))
             snprintf(err, errlen, "\"seed\" must be an integer >= 0");
         else {
             it->prompt = strdup(p->str);
@@ -725,7 +745,7 @@ static int parse_batch_line(const char *line, const Options *o, BatchItem *it, c
 static void batch_mode(Session *s, const Options *o) {
     size_t len;
     char *text = read_file(o->file, &len);
-    if (!text) fatal("-f %s: %s", o->file, errno == EINVAL ? "not a regular file" : strerror(errno));
+    if (!text) fatal("-f %s: %s", o->file, file_error());
     char **lines = NULL;
     int n_lines = 0, total = 0;
     for (char *p = text; p < text + len;) {
@@ -805,7 +825,7 @@ static void batch_mode(Session *s, const Options *o) {
 static void perplexity_mode(Session *s, const Options *o) {
     size_t len;
     char *text = read_file(o->perplexity, &len);
-    if (!text) fatal("--perplexity %s: %s", o->perplexity, errno == EINVAL ? "not a regular file" : strerror(errno));
+    if (!text) fatal("--perplexity %s: %s", o->perplexity, file_error());
     char err[160];
     int n;
     int *ids = tokenizer_encode(s->tok, text, len, 0, &n, err, sizeof err);
@@ -813,7 +833,8 @@ static void perplexity_mode(Session *s, const Options *o) {
     if (n < 2) fatal("--perplexity %s: %d tokens; at least 2 are needed", o->perplexity, n);
     for (int i = 0; i < n; i++)
         if (ids[i] >= s->m.cfg.vocab) fatal("--perplexity %s: token id %d is outside the model's vocabulary", o->perplexity, ids[i]);
-    int C = s->ctx, S = o->stride ? o->stride : (C / 2 > 0 ? C / 2 : 1);
+    int C = s->ctx, S = o->stride ? o->stride : C / 2;
+    if (C < 2) fatal("--perplexity: a window (-c) of %d token predicts nothing; use -c 2 or more", C);
     if (S > C) fatal("--stride %d is longer than the window (-c %d): tokens would go unscored", S, C);
     size_t V = (size_t)s->m.cfg.vocab;
     int B = o->batch;

@@ -180,6 +180,7 @@ void model_prefetch(const Model *m, const char *dir);
 
 // Reads a whole file into a NUL-terminated malloc'd buffer; NULL if it cannot be opened (errno set).
 char *read_file(const char *path, size_t *len);
+const char *file_error(void);  // why open/read_file just failed, from errno ("not a regular file", ...)
 // Element i of a weight row, as fp32; and a whole row converted.
 float tensor_get(const Tensor *t, size_t i);
 void tensor_row(const Tensor *t, int64_t row, float *out);
@@ -307,7 +308,7 @@ size_t utf8_stream_finish(Utf8Stream *s, char *out);  // what is still pending, 
 
 // Chat templates, rendered without a Jinja engine: the template text in tokenizer_config.json (or
 // chat_template.jinja) only selects one of the formats below and its parameters.
-typedef enum { CHAT_NONE, CHAT_CHATML, CHAT_QWEN3, CHAT_DEEPSEEK } ChatFormat;
+typedef enum { CHAT_NONE, CHAT_CHATML, CHAT_QWEN3, CHAT_DEEPSEEK, CHAT_UNSUPPORTED } ChatFormat;
 typedef struct {
     ChatFormat format;
     char *default_system;  // ChatML: system prompt used when the chat has none (NULL: none)
@@ -318,7 +319,8 @@ typedef struct {
     const char *role;  // "system", "user" or "assistant"
     const char *content;
 } ChatMessage;
-void chat_template_load(ChatTemplate *ct, const char *model_dir);  // CHAT_NONE when the model has none
+// CHAT_NONE when the model has none; CHAT_UNSUPPORTED for a template that is none of the formats.
+void chat_template_load(ChatTemplate *ct, const char *model_dir);
 void chat_template_free(ChatTemplate *ct);
 const char *chat_format_name(ChatFormat f);
 // The prompt text for msgs[0..n); thinking: 1 on, 0 off (Qwen3's enable_thinking=false), -1 unset.

@@ -120,10 +120,13 @@ static void select_top(const float *key, int *order, int n, int k) {
 // likely ids until one holds top_p of the mass.
 static int top_p_prefix(Sampler *s, int kept) {
     sort_keys = s->prob;
-    int m = kept <= TOP_K_HEAP_MAX ? kept : 256;
+    // The heap scans every id, so it only serves when every id is a candidate (no top-k).
+    int m = kept <= TOP_K_HEAP_MAX || kept < s->n_ids ? kept : 256;
     for (;; m *= 16) {
         if (m > kept / 8) m = kept;  // most of the set is needed: sort it all
-        if (m < kept) top_k_heap(s->prob, s->n_ids, m, s->order);  // only when order[] is every id
+        if (m < kept) top_k_heap(s->prob, s->n_ids, m, s->order);
+        else if (kept == s->n_ids)
+            for (int i = 0; i < kept; i++) s->order[i] = i;  // a heap round overwrote the list of every id
         qsort(s->order, (size_t)m, sizeof *s->order, by_prob_desc);
         double acc = 0;
         for (int i = 0; i < m; i++) {

@@ -254,7 +254,9 @@ static void load_added(Tokenizer *t, const JsonFile *f) {
         char where[32];
         snprintf(where, sizeof where, "added_tokens[%d].", k);
         if (e->type != JSON_OBJECT) tok_fail(t, "'added_tokens[%d]' must be an object", k);
-        int id = valid_id(t, need(t, f, e, "id", JSON_NUMBER, where), "'added_tokens[].id'");
+        char id_field[48];
+        snprintf(id_field, sizeof id_field, "'added_tokens[%d].id'", k);
+        int id = valid_id(t, need(t, f, e, "id", JSON_NUMBER, where), id_field);
         const JsonNode *content = need(t, f, e, "content", JSON_STRING, where);
         if (!content->len) tok_fail(t, "'%scontent' is empty", where);
         if (id < t->n_ids && t->bytes[id]) {  // also in the vocab: it must say the same
@@ -436,10 +438,80 @@ static size_t piece_end(Text x, size_t i) {
 // ---------------------------------------------------------------------------------------------
 // BPE
 
-// Appends the BPE ids of one piece (raw bytes) to *out, through the cache.
+// A merge that may apply: the pair of symbols starting at pos, and its rank.
+typedef struct {
+    int rank, pos;
+} Candidate;
+
+static int cand_before(Candidate a, Candidate b) { return a.rank < b.rank || (a.rank == b.rank && a.pos < b.pos); }
+
+static void heap_push(Candidate *h, int *n, Candidate c) {
+    int i = (*n)++;
+    for (; i > 0 && cand_before(c, h[(i - 1) / 2]); i = (i - 1) / 2) h[i] = h[(i - 1) / 2];
+    h[i] = c;
+}
+
+static Candidate heap_pop(Candidate *h, int *n) {
+    Candidate top = h[0], last = h[--*n];
+    int i = 0;
+    for (;;) {
+        int c = 2 * i + 1;
+        if (c >= *n) break;
+        if (c + 1 < *n && cand_before(h[c + 1], h[c])) c++;
+        if (!cand_before(h[c], last)) break;
+        h[i] = h[c];
+        i = c;
+    }
+    if (*n) h[i] = last;
+    return top;
+}
+
+static const Merge *merge_of(Tokenizer *t, int left, int right) {
+    ptrdiff_t m = hmgeti(t->merges, (uint64_t)left << 32 | (uint32_t)right);
+    return m < 0 ? NULL : &t->merges[m].value;
+}
+
+// BPE on len symbols (byte ids in sym[]): repeatedly merge the lowest-ranked adjacent pair, the
+// leftmost among equals, as HF does. The symbols form a linked list and the candidate merges a heap,
+// so a long piece costs n log n, not n^2. Returns the number of symbols left, compacted in sym[].
+static int bpe_merge(Tokenizer *t, int *sym, int len) {
+    int *next = xmalloc((size_t)len * sizeof *next), *prev = xmalloc((size_t)len * sizeof *prev);
+    Candidate *heap = xmalloc((size_t)len * 2 * sizeof *heap);  // each merge adds at most two
+    int n_heap = 0;
+    for (int i = 0; i < len; i++) next[i] = i + 1 < len ? i + 1 : -1, prev[i] = i - 1;
+    for (int i = 0; i + 1 < len; i++) {
+        const Merge *m = merge_of(t, sym[i], sym[i + 1]);
+        if (m) heap_push(heap, &n_heap, (Candidate){m->rank, i});
+    }
+    while (n_heap) {
+        Candidate c = heap_pop(heap, &n_heap);
+        int right = next[c.pos];
+        // Stale candidates: a side was merged away, or the pair there changed (ranks name pairs).
+        if (sym[c.pos] < 0 || right < 0) continue;
+        const Merge *m = merge_of(t, sym[c.pos], sym[right]);
+        if (!m || m->rank != c.rank) continue;
+        sym[c.pos] = m->merged;
+        sym[right] = -1;
+        next[c.pos] = next[right];
+        if (next[right] >= 0) prev[next[right]] = c.pos;
+        if (prev[c.pos] >= 0 && (m = merge_of(t, sym[prev[c.pos]], sym[c.pos])))
+            heap_push(heap, &n_heap, (Candidate){m->rank, prev[c.pos]});
+        if (next[c.pos] >= 0 && (m = merge_of(t, sym[c.pos], sym[next[c.pos]])))
+            heap_push(heap, &n_heap, (Candidate){m->rank, c.pos});
+    }
+    int n = 0;
+    for (int i = 0; i >= 0; i = next[i]) sym[n++] = sym[i];
+    free(next);
+    free(prev);
+    free(heap);
+    return n;
+}
+
+// Appends the BPE ids of one piece (raw bytes) to *out, through the cache (keys are C strings, so a
+// piece with a NUL byte is not cached).
 static void bpe_piece(Tokenizer *t, const char *piece, size_t len, int **out) {
     char key[256];
-    int cacheable = len < sizeof key;
+    int cacheable = len < sizeof key && !memchr(piece, 0, len);
     if (cacheable) {
         memcpy(key, piece, len);
         key[len] = 0;
@@ -450,34 +522,19 @@ static void bpe_piece(Tokenizer *t, const char *piece, size_t len, int **out) {
         }
     }
     int *sym = xmalloc(len * sizeof *sym);
-    size_t n = len;
     for (size_t i = 0; i < len; i++) sym[i] = t->byte_id[(unsigned char)piece[i]];
-    // Merge the lowest-ranked adjacent pair (the leftmost among equals) until none is in the table.
-    for (;;) {
-        int best_rank = -1, best_merged = 0;
-        size_t best = 0;
-        for (size_t i = 0; i + 1 < n; i++) {
-            ptrdiff_t m = hmgeti(t->merges, (uint64_t)sym[i] << 32 | (uint32_t)sym[i + 1]);
-            if (m >= 0 && (best_rank < 0 || t->merges[m].value.rank < best_rank))
-                best_rank = t->merges[m].value.rank, best_merged = t->merges[m].value.merged, best = i;
-        }
-        if (best_rank < 0) break;
-        sym[best] = best_merged;
-        memmove(sym + best + 1, sym + best + 2, (n - best - 2) * sizeof *sym);
-        n--;
-    }
+    int n = bpe_merge(t, sym, (int)len);
     if (cacheable) {
         if (shlen(t->cache) >= BPE_CACHE_MAX) {
             shfree(t->cache);
             sh_new_strdup(t->cache);
             arrfree(t->cache_ids);
         }
-        int start = (int)arrlen(t->cache_ids);
-        for (size_t i = 0; i < n; i++) arrput(t->cache_ids, sym[i]);
-        IdSpan span = {start, (int)n};
+        IdSpan span = {(int)arrlen(t->cache_ids), n};
+        for (int i = 0; i < n; i++) arrput(t->cache_ids, sym[i]);
         shput(t->cache, key, span);
     }
-    for (size_t i = 0; i < n; i++) arrput(*out, sym[i]);
+    for (int i = 0; i < n; i++) arrput(*out, sym[i]);
     free(sym);
 }
 
@@ -618,7 +675,7 @@ char *tokenizer_decode(const Tokenizer *t, const int *ids, int n, int skip_speci
 // Chat templates
 
 const char *chat_format_name(ChatFormat f) {
-    static const char *names[] = {"none", "chatml", "qwen3", "deepseek-r1"};
+    static const char *names[] = {"none", "chatml", "qwen3", "deepseek-r1", "unsupported"};
     return names[f];
 }
 
@@ -705,7 +762,7 @@ void chat_template_load(ChatTemplate *ct, const char *dir) {
         ct->format = strstr(tmpl, "<think>") ? CHAT_QWEN3 : CHAT_CHATML;
         if (ct->format == CHAT_CHATML) ct->default_system = chatml_default_system(tmpl);
     } else {
-        fatal("%s: its chat_template is neither ChatML nor DeepSeek's; pass --raw to prompt it with plain text", dir);
+        ct->format = CHAT_UNSUPPORTED;  // an error only where a prompt would be rendered with it
     }
     free(bos);
     free(tmpl);
@@ -724,6 +781,32 @@ static void put(char **out, const char *s) {
 
 static void put_n(char **out, const char *s, size_t n) { memcpy(arraddnptr(*out, n), s, n); }
 
+// An stb_ds char array as a malloc'd C string (the array is freed).
+static char *to_string(char *arr) {
+    size_t len = (size_t)arrlen(arr);
+    char *out = xmalloc(len + 1);
+    if (len) memcpy(out, arr, len);
+    out[len] = 0;
+    arrfree(arr);
+    return out;
+}
+
+// What opens the assistant's reply. thinking 0: Qwen3's enable_thinking=false, the empty think block.
+static void put_generation_prompt(const ChatTemplate *ct, char **out, int thinking) {
+    if (ct->format == CHAT_DEEPSEEK) {
+        put(out, ct->think_in_prompt ? "<｜Assistant｜><think>\n" : "<｜Assistant｜>");
+        return;
+    }
+    put(out, "<|im_start|>assistant\n");
+    if (ct->format == CHAT_QWEN3 && thinking == 0) put(out, "<think>\n\n</think>\n\n");
+}
+
+static const char *last_think_close(const char *content) {  // the last "</think>", or NULL
+    const char *close = NULL;
+    for (const char *p = strstr(content, "</think>"); p; p = strstr(p + 1, "</think>")) close = p;
+    return close;
+}
+
 // Python's str.strip(chars) family on s[0..*n): returns the new start, adjusts *n.
 static const char *strip_chars(const char *s, size_t *n, const char *chars, int left, int right) {
     while (left && *n && strchr(chars, *s)) s++, (*n)--;
@@ -733,8 +816,7 @@ static const char *strip_chars(const char *s, size_t *n, const char *chars, int 
 
 // Qwen3: an assistant message's reasoning and answer, split at its last "</think>" as the template does.
 static void split_reasoning(const char *content, const char **reason, size_t *reason_n, const char **answer, size_t *answer_n) {
-    const char *close = NULL;
-    for (const char *p = strstr(content, "</think>"); p; p = strstr(p + 1, "</think>")) close = p;
+    const char *close = last_think_close(content);
     if (!close) {
         *reason = "", *reason_n = 0, *answer = content, *answer_n = strlen(content);
         return;
@@ -791,10 +873,7 @@ static char *render_chatml(const ChatTemplate *ct, const ChatMessage *msgs, int 
         }
         put(&out, "<|im_end|>\n");
     }
-    if (add_generation_prompt) {
-        put(&out, "<|im_start|>assistant\n");
-        if (ct->format == CHAT_QWEN3 && thinking == 0) put(&out, "<think>\n\n</think>\n\n");
-    }
+    if (add_generation_prompt) put_generation_prompt(ct, &out, thinking);
     return out;
 }
 
@@ -810,26 +889,19 @@ static char *render_deepseek(const ChatTemplate *ct, const ChatMessage *msgs, in
             put(&out, "<｜User｜>");
             put(&out, msgs[i].content);
         } else if (!strcmp(msgs[i].role, "assistant")) {
-            const char *content = msgs[i].content, *close = NULL;
-            for (const char *p = strstr(content, "</think>"); p; p = strstr(p + 1, "</think>")) close = p;
+            const char *content = msgs[i].content, *close = last_think_close(content);
             put(&out, "<｜Assistant｜>");
             put(&out, close ? close + 8 : content);
             put(&out, "<｜end▁of▁sentence｜>");
         }
     }
-    if (add_generation_prompt) put(&out, ct->think_in_prompt ? "<｜Assistant｜><think>\n" : "<｜Assistant｜>");
+    if (add_generation_prompt) put_generation_prompt(ct, &out, -1);
     return out;
 }
 
 char *chat_render(const ChatTemplate *ct, const ChatMessage *msgs, int n, int add_generation_prompt, int thinking) {
-    char *text = ct->format == CHAT_DEEPSEEK ? render_deepseek(ct, msgs, n, add_generation_prompt)
-                                             : render_chatml(ct, msgs, n, add_generation_prompt, thinking);
-    size_t len = (size_t)arrlen(text);
-    char *out = xmalloc(len + 1);
-    if (len) memcpy(out, text, len);
-    out[len] = 0;
-    arrfree(text);
-    return out;
+    return to_string(ct->format == CHAT_DEEPSEEK ? render_deepseek(ct, msgs, n, add_generation_prompt)
+                                                 : render_chatml(ct, msgs, n, add_generation_prompt, thinking));
 }
 
 char *chat_render_next(const ChatTemplate *ct, const char *user, int thinking) {
@@ -837,16 +909,11 @@ char *chat_render_next(const ChatTemplate *ct, const char *user, int thinking) {
     if (ct->format == CHAT_DEEPSEEK) {
         put(&out, "<｜end▁of▁sentence｜><｜User｜>");
         put(&out, user);
-        put(&out, ct->think_in_prompt ? "<｜Assistant｜><think>\n" : "<｜Assistant｜>");
     } else {
         put(&out, "<|im_end|>\n<|im_start|>user\n");
         put(&out, user);
-        put(&out, "<|im_end|>\n<|im_start|>assistant\n");
-        if (ct->format == CHAT_QWEN3 && thinking == 0) put(&out, "<think>\n\n</think>\n\n");
+        put(&out, "<|im_end|>\n");
     }
-    put_n(&out, "", 1);
-    char *text = strdup(out);
-    arrfree(out);
-    if (!text) fatal("out of memory");
-    return text;
+    put_generation_prompt(ct, &out, thinking);
+    return to_string(out);
 }

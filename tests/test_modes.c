@@ -109,6 +109,41 @@ static void test_sampler(void) {
     }
     check(chi2 < 18.47, "sampler: %d draws match the softmax, chi-square %.2f < 18.47", DRAWS, chi2);
 
+    // A real-sized vocabulary: top-p over every id (the growing-block path) and top-k > 4096 (quickselect)
+    // keep exactly the ids a full sort keeps, also on a second call with other logits.
+    enum { BIG = 10000 };
+    float *big = xmalloc(BIG * sizeof *big), *bp = xmalloc(BIG * sizeof *bp), *sorted = xmalloc(BIG * sizeof *sorted);
+    struct { int top_k; float top_p; } cases[] = {{0, 0.5f}, {5000, 0.9f}};
+    for (int c = 0; c < 2; c++) {
+        SamplerConfig cfg = {.temp = 1, .top_k = cases[c].top_k, .top_p = cases[c].top_p, .min_p = 0, .repeat_penalty = 1};
+        sampler_init(&s, &cfg, BIG, 1);
+        int all_ok = 1;
+        for (int call = 0; call < 2; call++) {
+            uint32_t x = 12345u + 777u * (uint32_t)call;
+            for (int i = 0; i < BIG; i++) {
+                x = x * 1664525u + 1013904223u;
+                big[i] = (float)(x >> 8) / (float)(1 << 24) * 12.0f;  // a wide spread, like real logits
+            }
+            // Brute force: sort the candidates, renormalize, take the smallest prefix reaching top_p.
+            for (int i = 0; i < BIG; i++) sorted[i] = big[i];
+            for (int i = 1; i < BIG; i++)  // insertion sort, descending
+                for (int k = i; k > 0 && sorted[k] > sorted[k - 1]; k--) {
+                    float t = sorted[k];
+                    sorted[k] = sorted[k - 1], sorted[k - 1] = t;
+                }
+            int n_cand = cfg.top_k ? cfg.top_k : BIG, want = 0;
+            double z = 0, acc = 0;
+            for (int i = 0; i < n_cand; i++) z += exp(sorted[i] - sorted[0]);
+            while (want < n_cand && (want == 0 || acc < cfg.top_p)) acc += exp(sorted[want++] - sorted[0]) / z;
+            int n_kept = sampler_probs(&s, big, NULL, 0, bp), inside = 1;
+            for (int i = 0; i < BIG; i++) inside &= bp[i] == 0 || big[i] >= sorted[want - 1];
+            all_ok &= n_kept == want && inside;
+        }
+        check(all_ok, "sampler: %d ids, top-k %d, top-p %.1f keep exactly the sorted prefix on two calls", BIG, cfg.top_k, cfg.top_p);
+        sampler_free(&s);
+    }
+    free(big), free(bp), free(sorted);
+
     // Same seed, same draws.
     int a[20], b[20];
     for (int round = 0; round < 2; round++) {
@@ -182,6 +217,8 @@ static void test_prompt_and_perplexity(const char *nano, const Expected *e) {
     expect_error(nano, "-p with invalid UTF-8", "invalid UTF-8 at byte offset 3", bad_utf8);
     char *too_long[] = {"-m", TINY, "-p", (char *)e->greedy_prompt, "-c", "4", "--ref", NULL};
     expect_error(nano, "-p longer than the context", "do not fit", too_long);
+    char *empty[] = {"-m", TINY, "-p", "", "--raw", "--ref", NULL};
+    expect_error(nano, "-p with an empty --raw prompt", "the prompt is empty", empty);
 
     // Perplexity equals transformers' within 0.5% (bf16 KV) and 1e-4 (f32 KV).
     char ctx[16], stride[16];
@@ -298,6 +335,10 @@ static void test_batch(const char *nano) {
     free(full);
     free(resumed);
     run_free(&r);
+
+    // A results file nano did not write is refused, not appended to.
+    write_text(out2, "{\"id\": 1, \"x\": 1}\n");
+    expect_error(nano, "--resume on a foreign file", "line 1 is not a nano result", resume_args);
 }
 
 static void test_interactive_pipe(const char *nano) {
@@ -325,16 +366,19 @@ static void test_interactive_pipe(const char *nano) {
     snprintf(want2, sizeof want2, "prompt %d tok", n2);
     const char *first = strstr(r.err, want1), *second = first ? strstr(first + 1, want2) : NULL;
     const char *third = second ? strstr(second, want1) : NULL;  // after /reset, a whole first turn again
-    check(r.status == 0 && first && second && third && strstr(r.err, "conversation cleared"),
+    int replies = 0;  // one timings line per reply: /exit stops before "never read"
+    for (const char *p = r.err; (p = strstr(p, "| generated ")); p++) replies++;
+    check(r.status == 0 && first && second && third && replies == 3 && strstr(r.err, "conversation cleared"),
           "%s -i through a pipe: turn 1 prefills %d tokens, turn 2 only its own %d, /reset, then %d again, /exit", nano, n1, n2, n1);
     run_free(&r);
 
     // A full context is reported and the chat goes on.
     write_text(in, "Tell me everything about the whole wide world and all of its many wonderful people\nHi\n");
-    char *small_args[] = {"-m", TINY, "-i", "-n", "4", "-c", "24", "--ref", NULL};
+    char *small_args[] = {"-m", TINY, "-i", "-n", "4", "-c", "40", "--ref", NULL};
     r = run_nano(nano, small_args, in);
-    check(r.status == 0 && strstr(r.err, "do not fit") && strstr(r.err, "/reset"), "%s -i: a turn too long for -c 24 is reported: %s", nano,
-          r.err);
+    const char *full = strstr(r.err, "do not fit");
+    check(r.status == 0 && full && strstr(full, "/reset") && strstr(full, "| generated "),
+          "%s -i: a turn too long for -c 40 is reported, and the next turn is answered", nano);
     run_free(&r);
 }
 

@@ -288,6 +288,15 @@ void test_tokenizer_cli(const char *nano) {
         check(r.status == 0 && !strncmp(r.out, want, strlen(want)), "%s --tokenize adds the post-processor's BOS (%s): %s", nano, want, r.out);
         run_free(&r);
     }
+    {
+        const char *path = tmp_path("nul.txt");  // NUL bytes are text too, and must not share a cache entry
+        write_bytes(path, "\0\0\0 1\0", 6);
+        char *args[] = {"-m", "tests/tokenizer/qwen3", "--tokenize-file", (char *)path, NULL};
+        Run r = run_nano(nano, args, NULL);
+        check(r.status == 0 && !strcmp(r.out, "188 188 188 220 16 188"), "%s --tokenize-file with NUL bytes (HF: 188 188 188 220 16 188): %s",
+              nano, r.out);
+        run_free(&r);
+    }
     // Bad input: the file and the field.
     char *bad_utf8[] = {"-m", "tests/tokenizer/qwen3", "--tokenize", "ab\xff", NULL};
     expect_error(nano, "invalid UTF-8 in --tokenize", "invalid UTF-8 at byte offset 2", bad_utf8);
@@ -295,7 +304,13 @@ void test_tokenizer_cli(const char *nano) {
     expect_error(nano, "no tokenizer.json", "no tokenizer.json", no_tok);
     static const struct { const char *what, *json, *expect; } broken[] = {
         {"not JSON", "{\"model\": ", "bad JSON"},
-        {"no model", "{\"pre_tokenizer\": null}", "'pre_tokenizer' must be"},
+        {"null pre_tokenizer", "{\"pre_tokenizer\": null}", "'pre_tokenizer' must be"},
+        {"no model",
+         "{\"normalizer\": {\"type\": \"NFC\"}, \"pre_tokenizer\": {\"type\": \"Sequence\", \"pretokenizers\": [{\"type\": \"Split\", "
+         "\"pattern\": {\"Regex\": \"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\\\r\\\\n\\\\p{L}\\\\p{N}]?\\\\p{L}+|\\\\p{N}| "
+         "?[^\\\\s\\\\p{L}\\\\p{N}]+[\\\\r\\\\n]*|\\\\s*[\\\\r\\\\n]+|\\\\s+(?!\\\\S)|\\\\s+\"}, \"behavior\": \"Isolated\"}, "
+         "{\"type\": \"ByteLevel\"}]}, \"decoder\": {\"type\": \"ByteLevel\"}}",
+         "missing 'model'"},
         {"wrong regex",
          "{\"normalizer\": {\"type\": \"NFC\"}, \"pre_tokenizer\": {\"type\": \"Sequence\", \"pretokenizers\": [{\"type\": \"Split\", "
          "\"pattern\": {\"Regex\": \"\\\\s+\"}, \"behavior\": \"Isolated\"}, {\"type\": \"ByteLevel\"}]}, \"decoder\": {\"type\": "
