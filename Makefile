@@ -51,7 +51,7 @@ test: nano build/san/nano build/san/test_nano
 # GPU suite: each decode stage and prefill kernel against the reference ops on the fixtures' tensors,
 # whole forwards GPU vs reference (KLD, top-1, greedy), determinism and the wo_split sweep. Where no
 # GPU exists it says so and exits 0 without a verdict. tests/test_gpu.c includes ref.c for its ops.
-build/tests/test_gpu.o: tests/test_gpu.c ref.c nano.h | build
+build/tests/test_gpu.o: tests/test_gpu.c tests/golden.h ref.c nano.h | build
 	@mkdir -p build/tests
 	$(CC) $(CFLAGS) -I. -c $< -o $@
 build/test_gpu: build/tests/test_gpu.o $(patsubst %.c,build/%.o,$(filter-out ref.c,$(LIB_SRC))) build/kernels.o

@@ -7,6 +7,7 @@
 //   build/test_gpu --bench DIR...    decode and prefill speed; a measurement, not a test
 // Without a CUDA GPU it says so and exits 0, with no verdict line.
 #include "ref.c"
+#include "tests/golden.h"
 
 #include <dirent.h>
 #include <stdarg.h>
@@ -93,28 +94,6 @@ static int near_tie(const float *ref, int V) {
 // ---------------------------------------------------------------------------------------------
 // Fixtures: HF goldens give the prompt (and transformers' logits, for information)
 
-typedef struct {
-    int n_prompt, vocab, n_greedy;
-    int *prompt;
-    float *logits;
-} Golden;
-
-static int load_golden(const char *path, Golden *g) {
-    size_t len;
-    char *buf = read_file(path, &len);
-    uint32_t h[4];
-    if (!buf || len < 24 || memcmp(buf, "NANOGOLD", 8) != 0) return free(buf), -1;
-    memcpy(h, buf + 8, 16);
-    g->n_prompt = (int)h[1], g->vocab = (int)h[2], g->n_greedy = (int)h[3];
-    size_t need = 24 + 4 * ((size_t)g->n_prompt + g->n_greedy + (size_t)g->n_prompt * g->vocab);
-    if (h[0] != 1 || len != need) return free(buf), -1;
-    g->prompt = xmalloc(4 * (size_t)g->n_prompt);
-    g->logits = xmalloc(4 * (size_t)g->n_prompt * g->vocab);
-    memcpy(g->prompt, buf + 24, 4 * (size_t)g->n_prompt);
-    memcpy(g->logits, buf + 24 + 4 * ((size_t)g->n_prompt + g->n_greedy), 4 * (size_t)g->n_prompt * g->vocab);
-    free(buf);
-    return 0;
-}
 
 // The reference's residual after every layer's attention and MLP, for all tokens of one forward.
 typedef struct {
@@ -381,7 +360,7 @@ static int test_fixture_dir(const char *root) {
             test_forwards(names[i], rm, &m, &g);
             cuda_rounded_model_free(rm);
             model_free(&m);
-            free(g.prompt), free(g.logits);
+            golden_free(&g);
         }
         free(names[i]);
     }

@@ -16,6 +16,7 @@
 
 #include "nano.h"
 #include "tests/check.h"
+#include "tests/golden.h"
 
 int n_pass, n_fail;
 
@@ -499,31 +500,6 @@ static void test_bad_input(const char *nano) {
 // ---------------------------------------------------------------------------------------------
 // HF transformers goldens
 
-typedef struct {
-    int n_prompt, vocab, n_greedy;
-    int *prompt, *greedy;
-    float *logits;
-} Golden;
-
-static int load_golden(const char *path, Golden *g) {
-    size_t len;
-    char *buf = read_file(path, &len);
-    uint32_t h[4];
-    if (!buf || len < 24 || memcmp(buf, "NANOGOLD", 8) != 0) return free(buf), -1;
-    memcpy(h, buf + 8, 16);
-    if (h[0] != 1) return free(buf), -1;
-    g->n_prompt = (int)h[1], g->vocab = (int)h[2], g->n_greedy = (int)h[3];
-    size_t need = 24 + 4 * ((size_t)g->n_prompt + g->n_greedy + (size_t)g->n_prompt * g->vocab);
-    if (len != need) return free(buf), -1;
-    g->prompt = malloc(4 * (size_t)g->n_prompt);
-    g->greedy = malloc(4 * (size_t)g->n_greedy + 4);
-    g->logits = malloc(4 * (size_t)g->n_prompt * g->vocab);
-    memcpy(g->prompt, buf + 24, 4 * (size_t)g->n_prompt);
-    memcpy(g->greedy, buf + 24 + 4 * (size_t)g->n_prompt, 4 * (size_t)g->n_greedy);
-    memcpy(g->logits, buf + 24 + 4 * ((size_t)g->n_prompt + g->n_greedy), 4 * (size_t)g->n_prompt * g->vocab);
-    free(buf);
-    return 0;
-}
 
 // Compares nano's dumped logits with HF's: max |diff| <= tol * max|logit| and the same argmax at every
 // position whose top two HF logits are further apart than that bound. Returns max|diff| / max|logit|.
@@ -609,7 +585,7 @@ static int test_fixtures_in(const char *nano, const char *root) {
                 check_fixture(nano, dir, names[i], &g, "f32", "1", 1e-4);
                 // bf16 KV rounds K and V to 8 mantissa bits; measured bound, see README.
                 check_fixture(nano, dir, names[i], &g, "bf16", "7", 2e-2);
-                free(g.prompt), free(g.greedy), free(g.logits);
+                golden_free(&g);
             }
         }
         free(names[i]);
