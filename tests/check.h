@@ -34,6 +34,6 @@ void test_unicode(void);                     // tests/test_unicode.c: NFC, chara
 void test_tokenizer(void);                   // tests/test_tokenizer.c: encode/decode/templates in process
 void test_tokenizer_cli(const char *nano);   // tests/test_tokenizer.c: --tokenize and tokenizer errors end to end
 void test_sampling(void);                    // tests/test_modes.c: the sampler on known logits
-void test_modes(const char *nano);           // tests/test_modes.c: -p, -f, --perplexity, -i on the tiny model
+void test_modes(const char *nano, int first); // tests/test_modes.c: -p, -f, --perplexity, -i on the tiny model
 
 #endif

@@ -670,7 +670,7 @@ int main(int argc, char **argv) {
         test_bad_input(argv[i]);
         test_generation(argv[i]);
         test_tokenizer_cli(argv[i]);
-        test_modes(argv[i]);
+        test_modes(argv[i], i == 1);
         int found = test_fixtures_in(argv[i], "tests/fixtures") + test_fixtures_in(argv[i], "models");
         check(found >= 7, "%s: found %d HF fixtures (expected at least 7)", argv[i], found);
     }
