@@ -739,7 +739,7 @@ static char *read_template(const char *dir, char **bos) {
         path = path_join(dir, "chat_template.jinja");
         size_t len;
         tmpl = read_file(path, &len);
-        if (!tmpl && errno != ENOENT) fatal("%s: %s", path, strerror(errno));
+        if (!tmpl && errno != ENOENT) fatal("%s: %s", path, file_error());
         free(path);
     }
     return tmpl;
