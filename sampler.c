@@ -6,7 +6,7 @@
 
 #include "nano.h"
 
-#define TOP_K_HEAP_MAX 4096  // larger k: quickselect instead of the heap
+#define SORT_WHOLE_MAX 4096  // candidate sets up to this size are sorted whole for top-p
 
 void sampler_init(Sampler *s, const SamplerConfig *c, int n_ids, uint64_t seed) {
     s->c = *c;
@@ -94,34 +94,13 @@ static void top_k_heap(const float *key, int n, int k, int *out) {
         }
 }
 
-// Moves the k largest of key[order[0..n)] to the front (unordered): quickselect.
-static void select_top(const float *key, int *order, int n, int k) {
-    int lo = 0, hi = n - 1;
-    while (lo < hi) {
-        float pivot = key[order[(lo + hi) / 2]];
-        int i = lo, j = hi;
-        while (i <= j) {
-            while (key[order[i]] > pivot) i++;
-            while (key[order[j]] < pivot) j--;
-            if (i <= j) {
-                int t = order[i];
-                order[i++] = order[j];
-                order[j--] = t;
-            }
-        }
-        if (k - 1 <= j) hi = j;
-        else if (k - 1 >= i) lo = i;
-        else break;
-    }
-}
-
 // Puts the candidates order[0..kept) that top-p keeps first, most likely first, and returns how many.
 // A big candidate set (no top-k) is not sorted whole: the heap brings out growing blocks of the most
 // likely ids until one holds top_p of the mass.
 static int top_p_prefix(Sampler *s, int kept) {
     sort_keys = s->prob;
     // The heap scans every id, so it only serves when every id is a candidate (no top-k).
-    int m = kept <= TOP_K_HEAP_MAX || kept < s->n_ids ? kept : 256;
+    int m = kept <= SORT_WHOLE_MAX || kept < s->n_ids ? kept : 256;
     for (;; m *= 16) {
         if (m > kept / 8) m = kept;  // most of the set is needed: sort it all
         if (m < kept) top_k_heap(s->prob, s->n_ids, m, s->order);
@@ -145,11 +124,7 @@ int sampler_probs(Sampler *s, float *logits, const int *history, int n_history, 
     int kept = n;
     if (s->c.top_k > 0 && s->c.top_k < n) {
         kept = s->c.top_k;
-        if (kept <= TOP_K_HEAP_MAX) top_k_heap(logits, n, kept, s->order);
-        else {
-            for (int i = 0; i < n; i++) s->order[i] = i;
-            select_top(logits, s->order, n, kept);
-        }
+        top_k_heap(logits, n, kept, s->order);
     } else {
         for (int i = 0; i < n; i++) s->order[i] = i;
     }
