@@ -335,9 +335,10 @@ static void check_logits(const float *logits, int rows, int vocab, int first_pos
             fatal("non-finite logit (%g) for id %zu at position %d", logits[i], i % (size_t)vocab, first_pos + (int)(i / (size_t)vocab));
 }
 
-// Appends ids to the cache and runs them, leaving the last one's logits. Returns 0, or -1 with err
-// set when they do not fit or an id is outside the embedding (nothing is run then).
-static int session_feed(Session *s, const int *ids, int n, char *err, size_t errlen) {
+// Appends ids to the cache and runs them, leaving the last one's logits (and every position's in
+// all_logits, n x vocab, when not NULL). Returns 0, or -1 with err set when they do not fit or an id is
+// outside the embedding (nothing is run then).
+static int session_feed(Session *s, const int *ids, int n, float *all_logits, char *err, size_t errlen) {
     if (n == 0 && s->pos == 0) {  // nothing to compute logits from
         snprintf(err, errlen, "the prompt is empty (0 tokens)");
         return -1;
@@ -352,8 +353,15 @@ static int session_feed(Session *s, const int *ids, int n, char *err, size_t err
             snprintf(err, errlen, "token id %d is outside the model's vocabulary of %d", ids[i], s->m.cfg.vocab);
             return -1;
         }
-    s->engine->forward(s->engine, ids, n, s->pos, s->logits, 0);
-    check_logits(s->logits, 1, s->m.cfg.vocab, s->pos + n - 1);
+    size_t V = (size_t)s->m.cfg.vocab;
+    if (all_logits) {
+        s->engine->forward(s->engine, ids, n, s->pos, all_logits, 1);
+        check_logits(all_logits, n, (int)V, s->pos);
+        memcpy(s->logits, all_logits + (size_t)(n - 1) * V, V * sizeof *s->logits);
+    } else {
+        s->engine->forward(s->engine, ids, n, s->pos, s->logits, 0);
+        check_logits(s->logits, 1, (int)V, s->pos + n - 1);
+    }
     memcpy(s->tokens + s->pos, ids, (size_t)n * sizeof *ids);
     s->pos += n;
     return 0;
@@ -456,12 +464,15 @@ static void print_timings(const Session *s, const GenStats *st) {
 }
 
 // The ids of a user's text: the chat template around it unless --raw (or the model has none).
-static int *prompt_tokens(Session *s, const Options *o, const char *system, const char *text, int *n, char *err, size_t errlen) {
+// What the user typed must be valid UTF-8; checked before templating, so the offset is theirs.
+static int valid_utf8(const char *text, char *err, size_t errlen) {
     long bad = utf8_invalid_offset(text, strlen(text));
-    if (bad >= 0) {
-        snprintf(err, errlen, "invalid UTF-8 at byte offset %ld", bad);
-        return NULL;
-    }
+    if (bad >= 0) snprintf(err, errlen, "invalid UTF-8 at byte offset %ld", bad);
+    return bad < 0;
+}
+
+static int *prompt_tokens(Session *s, const Options *o, const char *system, const char *text, int *n, char *err, size_t errlen) {
+    if (!valid_utf8(text, err, errlen)) return NULL;
     if (o->raw || s->chat.format == CHAT_NONE) return tokenizer_encode(s->tok, text, strlen(text), 1, n, err, errlen);
     if (s->chat.format == CHAT_UNSUPPORTED) {
         snprintf(err, errlen, "the model's chat_template is not ChatML, Qwen3's or DeepSeek's; pass --raw for plain text");
@@ -480,11 +491,7 @@ static int *prompt_tokens(Session *s, const Options *o, const char *system, cons
 // A chat turn's ids: the first as a whole prompt, later ones as what follows the previous reply.
 static int *turn_tokens(Session *s, const Options *o, const char *line, int first, int *n, char *err, size_t errlen) {
     if (o->raw || first) return prompt_tokens(s, o, o->system, line, n, err, errlen);
-    long bad = utf8_invalid_offset(line, strlen(line));
-    if (bad >= 0) {
-        snprintf(err, errlen, "invalid UTF-8 at byte offset %ld", bad);
-        return NULL;
-    }
+    if (!valid_utf8(line, err, errlen)) return NULL;
     char *text = chat_render_next(&s->chat, line, o->think);
     int *ids = tokenizer_encode(s->tok, text, strlen(text), 0, n, err, errlen);
     free(text);
@@ -533,20 +540,12 @@ static void prompt_ids_mode(Session *s, const Options *o) {
         fatal("%s has no tokenizer.json to print text with: pass --print-ids", o->model_dir);
     GenStats st = {.n_prompt = n_prompt};
     double t0 = now_seconds();
-    if (o->dump_logits) {
-        size_t V = (size_t)c->vocab;
-        float *all = xmalloc((size_t)n_prompt * V * sizeof(float));
-        s->engine->forward(s->engine, prompt, n_prompt, 0, all, 1);
-        check_logits(all, n_prompt, c->vocab, 0);
-        write_logits(o->dump_logits, all, (size_t)n_prompt * V);
-        memcpy(s->logits, all + (size_t)(n_prompt - 1) * V, V * sizeof(float));
-        memcpy(s->tokens, prompt, (size_t)n_prompt * sizeof *prompt);
-        s->pos = n_prompt;
-        free(all);
-    } else {
-        char err[160];
-        if (session_feed(s, prompt, n_prompt, err, sizeof err)) fatal("%s", err);
-    }
+    size_t n_all = o->dump_logits ? (size_t)n_prompt * c->vocab : 0;
+    float *all = n_all ? xmalloc(n_all * sizeof *all) : NULL;
+    char err[160];
+    if (session_feed(s, prompt, n_prompt, all, err, sizeof err)) fatal("%s", err);
+    if (all) write_logits(o->dump_logits, all, n_all);
+    free(all);
     st.prompt_s = now_seconds() - t0;
     Sink out = {.stream = stdout, .print_ids = o->print_ids};
     if (session_generate(s, o->n_predict, &out, &st) == FINISH_CONTEXT)
@@ -564,7 +563,7 @@ static void prompt_mode(Session *s, const Options *o) {
     if (!ids) fatal("-p: %s", err);
     GenStats st = {.n_prompt = n};
     double t0 = now_seconds();
-    if (session_feed(s, ids, n, err, sizeof err)) fatal("-p: %s", err);
+    if (session_feed(s, ids, n, NULL, err, sizeof err)) fatal("-p: %s", err);
     st.prompt_s = now_seconds() - t0;
     Sink out = {.stream = stdout, .print_ids = o->print_ids};
     Finish f = session_generate(s, o->n_predict, &out, &st);
@@ -633,7 +632,7 @@ static void interactive_mode(Session *s, const Options *o) {
         free(line);
         GenStats st = {.n_prompt = n};
         double t0 = now_seconds();
-        if (!ids || session_feed(s, ids, n, err, sizeof err)) {
+        if (!ids || session_feed(s, ids, n, NULL, err, sizeof err)) {
             fprintf(stderr, "nano: %s%s\n", err, ids ? "; /reset starts a new conversation" : "");
             free(ids);
             continue;
@@ -741,6 +740,8 @@ static int parse_batch_line(const char *line, const Options *o, BatchItem *it, c
     return ok;
 }
 
+static int is_blank(const char *line) { return !line[strspn(line, " \t")]; }
+
 // -f: every prompt from a fresh cache, in input order; each result written and flushed when done.
 static void batch_mode(Session *s, const Options *o) {
     size_t len;
@@ -756,19 +757,19 @@ static void batch_mode(Session *s, const Options *o) {
         lines = realloc(lines, (size_t)(n_lines + 1) * sizeof *lines);
         if (!lines) fatal("out of memory");
         lines[n_lines++] = p;
-        total += p[strspn(p, " \t")] != 0;
+        total += !is_blank(p);
         p = nl ? nl + 1 : text + len;
     }
     unsigned char *done = o->resume ? done_ids(o->out, n_lines) : xcalloc((size_t)n_lines + 1, 1);
     FILE *out = o->out ? fopen(o->out, o->resume ? "a" : "w") : stdout;
     if (!out) fatal("-o %s: %s", o->out, strerror(errno));
     int progress = isatty(2), n_done = 0, n_err = 0, n_tok = 0;
-    for (int i = 1; i <= n_lines; i++) n_done += done[i] && lines[i - 1][strspn(lines[i - 1], " \t")];
+    for (int i = 1; i <= n_lines; i++) n_done += done[i] && !is_blank(lines[i - 1]);
     double t_start = now_seconds();
     int skipped = n_done;
     for (int id = 1; id <= n_lines; id++) {
         const char *line = lines[id - 1];
-        if (!line[strspn(line, " \t")] || done[id]) continue;
+        if (is_blank(line) || done[id]) continue;
         BatchItem it;
         char err[200] = "";
         GenStats st = {0};
@@ -779,7 +780,7 @@ static void batch_mode(Session *s, const Options *o) {
             int *ids = prompt_tokens(s, o, it.system ? it.system : o->system, it.prompt, &n, err, sizeof err);
             s->pos = 0;
             sampler_seed(&s->sampler, it.seed);
-            if (ids && session_feed(s, ids, n, err, sizeof err) == 0) {
+            if (ids && session_feed(s, ids, n, NULL, err, sizeof err) == 0) {
                 st.n_prompt = n;
                 session_generate(s, it.n_predict, &gen, &st);
             }
