@@ -4,6 +4,7 @@
 #ifndef NANO_TEST_GOLDEN_H
 #define NANO_TEST_GOLDEN_H
 
+#include <dirent.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -38,5 +39,17 @@ static inline int load_golden(const char *path, Golden *g) {
 }
 
 static inline void golden_free(Golden *g) { free(g->prompt), free(g->greedy), free(g->logits); }
+
+// The entries of a fixture root (tests/fixtures, models), at most max, malloc'd names; 0 if no root.
+static inline int fixture_names(const char *root, char **names, int max) {
+    DIR *d = opendir(root);
+    if (!d) return 0;
+    int n = 0;
+    struct dirent *e;
+    while ((e = readdir(d)) && n < max)
+        if (e->d_name[0] != '.') names[n++] = strdup(e->d_name);
+    closedir(d);
+    return n;
+}
 
 #endif

@@ -9,7 +9,6 @@
 #include "ref.c"
 #include "tests/golden.h"
 
-#include <dirent.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <time.h>
@@ -338,14 +337,8 @@ static void test_forwards(const char *name, const Model *m, const Model *orig, c
 }
 
 static int test_fixture_dir(const char *root) {
-    DIR *d = opendir(root);
-    if (!d) return 0;
     char *names[64];
-    int n = 0, found = 0;
-    struct dirent *de;
-    while ((de = readdir(d)) && n < 64)
-        if (de->d_name[0] != '.') names[n++] = strdup(de->d_name);
-    closedir(d);
+    int n = fixture_names(root, names, 64), found = 0;
     for (int i = 0; i < n; i++) {
         char dir[600], golden[700];
         snprintf(dir, sizeof dir, "%s/%s", root, names[i]);

@@ -1,7 +1,6 @@
 // CPU test suite: parser and number-format units in process, then the nano binaries end to end —
 // HF transformers' golden logits on checkpoint fixtures, and every kind of bad input.
 //   build/san/test_nano NANO [NANO ...]     (make test passes the release and the ASan+UBSan builds)
-#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <math.h>
@@ -560,15 +559,8 @@ static void check_fixture(const char *nano, const char *dir, const char *name, c
 }
 
 static int test_fixtures_in(const char *nano, const char *root) {
-    DIR *d = opendir(root);
-    if (!d) return 0;
-    int found = 0;
-    struct dirent *e;
     char *names[64];
-    int n = 0;
-    while ((e = readdir(d)) && n < 64)
-        if (e->d_name[0] != '.') names[n++] = strdup(e->d_name);
-    closedir(d);
+    int n = fixture_names(root, names, 64), found = 0;
     for (int i = 0; i < n; i++) {
         char dir[600], golden[700];
         snprintf(dir, sizeof dir, "%s/%s", root, names[i]);
