@@ -16,8 +16,8 @@ NVFLAGS   = -O2 -std=c++17 -Xcompiler -Wall,-Wextra,-Werror $(foreach a,$(CUARCH
 LDLIBS    = -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcublas -lcudart_static -ldl -lpthread -lrt -lstdc++ -lm
 SAN       = -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer -g
 
-HOST_SRC  = nano.c model.c json.c ref.c tokenizer.c sampler.c unicode.c unicode_data.c
-LIB_SRC   = model.c json.c ref.c tokenizer.c sampler.c unicode.c unicode_data.c   # everything but main(), for the tests
+HOST_SRC  = nano.c model.c json.c kv.c ref.c check.c tokenizer.c sampler.c unicode.c unicode_data.c
+LIB_SRC   = model.c json.c kv.c ref.c check.c tokenizer.c sampler.c unicode.c unicode_data.c   # everything but main(), for the tests
 
 TEST_SRC  = tests/test_nano.c tests/test_unicode.c tests/test_tokenizer.c tests/test_modes.c
 
@@ -30,7 +30,7 @@ build/%.o: %.c | build
 	$(CC) $(CFLAGS) -c $< -o $@
 build/san/%.o: %.c | build
 	$(CC) $(CFLAGS) $(SAN) -c $< -o $@
-build/kernels.o: kernels.cu nano.h | build
+build/kernels.o: kernels.cu nano.h kv.h half.h $(wildcard gpu/*.cuh gpu/*.h) | build
 	$(NVCC) $(NVFLAGS) -c $< -o $@
 build:
 	mkdir -p build/san

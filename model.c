@@ -19,6 +19,14 @@
 // ---------------------------------------------------------------------------------------------
 // Errors, memory, files
 
+int error_into(char *err, size_t errlen, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err, errlen, fmt, ap);
+    va_end(ap);
+    return -1;
+}
+
 void fatal(const char *fmt, ...) {
     char msg[1024];
     va_list ap;
@@ -89,30 +97,7 @@ char *path_join(const char *dir, const char *name) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Number formats
-
-uint16_t f32_to_bf16(float f) {
-    uint32_t u;
-    memcpy(&u, &f, 4);
-    if ((u & 0x7FFFFFFFu) > 0x7F800000u) return (uint16_t)((u >> 16) | 0x40);  // quiet NaN
-    u += 0x7FFFu + ((u >> 16) & 1);  // round to nearest, ties to even
-    return (uint16_t)(u >> 16);
-}
-
-float f16_to_f32(uint16_t h) {
-    uint32_t sign = (uint32_t)(h >> 15) << 31, exp = (h >> 10) & 0x1F, man = h & 0x3FF, u;
-    if (exp == 0x1F) u = sign | 0x7F800000u | (man << 13);  // inf / NaN
-    else if (exp) u = sign | ((exp + 112) << 23) | (man << 13);
-    else if (!man) u = sign;
-    else {  // subnormal: normalize
-        int e = -1;
-        do { man <<= 1; e++; } while (!(man & 0x400));
-        u = sign | ((uint32_t)(112 - e) << 23) | ((man & 0x3FF) << 13);
-    }
-    float f;
-    memcpy(&f, &u, 4);
-    return f;
-}
+// Weights as fp32 (bf16/f16 conversions: half.h)
 
 float tensor_get(const Tensor *t, size_t i) {
     const uint8_t *p = (const uint8_t *)t->data;
@@ -168,31 +153,22 @@ static int64_t json_index(const JsonNode *n) {
     return (int64_t)n->num;
 }
 
-static int st_fail(char *err, size_t errlen, const char *fmt, ...) NANO_PRINTF(3, 4);
-static int st_fail(char *err, size_t errlen, const char *fmt, ...) {
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-    return -1;
-}
-
 int st_parse(SafeTensors *st, const uint8_t *buf, size_t size, const char *path, char *err, size_t errlen) {
-    if (size < 8) return st_fail(err, errlen, "%s: file is %zu bytes, too short for a safetensors header", path, size);
+    if (size < 8) return error_into(err, errlen, "%s: file is %zu bytes, too short for a safetensors header", path, size);
     uint64_t hlen = 0;
     for (int i = 7; i >= 0; i--) hlen = hlen << 8 | buf[i];
     if (hlen > ST_MAX_HEADER)
-        return st_fail(err, errlen, "%s: header length %llu exceeds the format's limit of %u bytes", path,
+        return error_into(err, errlen, "%s: header length %llu exceeds the format's limit of %u bytes", path,
                        (unsigned long long)hlen, ST_MAX_HEADER);
     if (hlen > size - 8)
-        return st_fail(err, errlen, "%s: header length %llu reaches beyond the end of the file (%zu bytes)", path,
+        return error_into(err, errlen, "%s: header length %llu reaches beyond the end of the file (%zu bytes)", path,
                        (unsigned long long)hlen, size);
     if (json_parse(&st->header, (const char *)buf + 8, (size_t)hlen))
-        return st_fail(err, errlen, "%s: bad JSON header (byte offsets count from the header's start, file byte 8): %s", path,
+        return error_into(err, errlen, "%s: bad JSON header (byte offsets count from the header's start, file byte 8): %s", path,
                        st->header.err);
     const JsonNode *root = json_root(&st->header);
-    if (root->type != JSON_OBJECT) return st_fail(err, errlen, "%s: header is not a JSON object", path);
-    if (root->count > ST_MAX_TENSORS) return st_fail(err, errlen, "%s: more than %d tensors", path, ST_MAX_TENSORS);
+    if (root->type != JSON_OBJECT) return error_into(err, errlen, "%s: header is not a JSON object", path);
+    if (root->count > ST_MAX_TENSORS) return error_into(err, errlen, "%s: more than %d tensors", path, ST_MAX_TENSORS);
 
     const uint8_t *data = buf + 8 + hlen;
     size_t data_size = size - 8 - (size_t)hlen;
@@ -202,7 +178,7 @@ int st_parse(SafeTensors *st, const uint8_t *buf, size_t size, const char *path,
         if (strcmp(n->key, "__metadata__") == 0) {
             int strings = n->type == JSON_OBJECT;
             for (const JsonNode *v = json_first(&st->header, n); v; v = json_next(&st->header, v)) strings &= v->type == JSON_STRING;
-            if (!strings) return st_fail(err, errlen, "%s: __metadata__ must map strings to strings", path);
+            if (!strings) return error_into(err, errlen, "%s: __metadata__ must map strings to strings", path);
             continue;
         }
         TensorEntry *t = &st->tensors[st->n_tensors];
@@ -211,7 +187,7 @@ int st_parse(SafeTensors *st, const uint8_t *buf, size_t size, const char *path,
                        *offs = json_get(&st->header, n, "data_offsets");
         if (n->type != JSON_OBJECT || !dt || dt->type != JSON_STRING || !shape || shape->type != JSON_ARRAY || !offs ||
             offs->type != JSON_ARRAY || offs->count != 2)
-            return st_fail(err, errlen, "%s: tensor '%s': expected {\"dtype\": string, \"shape\": [..], \"data_offsets\": [begin, end]}",
+            return error_into(err, errlen, "%s: tensor '%s': expected {\"dtype\": string, \"shape\": [..], \"data_offsets\": [begin, end]}",
                     path, n->key);
         int bits = -1;
         for (size_t k = 0; k < sizeof st_dtypes / sizeof st_dtypes[0]; k++)
@@ -220,27 +196,27 @@ int st_parse(SafeTensors *st, const uint8_t *buf, size_t size, const char *path,
                 t->dtype = st_dtypes[k].dtype;
                 t->dtype_name = st_dtypes[k].name;
             }
-        if (bits < 0) return st_fail(err, errlen, "%s: tensor '%s' has unknown dtype '%s'", path, n->key, dt->str);
+        if (bits < 0) return error_into(err, errlen, "%s: tensor '%s' has unknown dtype '%s'", path, n->key, dt->str);
         if (shape->count > ST_MAX_DIMS)
-            return st_fail(err, errlen, "%s: tensor '%s' has %d dimensions, at most %d supported", path, n->key, shape->count, ST_MAX_DIMS);
+            return error_into(err, errlen, "%s: tensor '%s' has %d dimensions, at most %d supported", path, n->key, shape->count, ST_MAX_DIMS);
         uint64_t numel = 1;
         int overflow = 0;
         t->ndim = 0;
         for (const JsonNode *d = json_first(&st->header, shape); d; d = json_next(&st->header, d)) {
             int64_t v = json_index(d);
-            if (v < 0) return st_fail(err, errlen, "%s: tensor '%s': shape entries must be non-negative integers", path, n->key);
+            if (v < 0) return error_into(err, errlen, "%s: tensor '%s': shape entries must be non-negative integers", path, n->key);
             t->shape[t->ndim++] = v;
             if (v && numel > UINT64_MAX / (uint64_t)v) overflow = 1;
             numel *= (uint64_t)v;
         }
         int64_t begin = json_index(json_first(&st->header, offs)), end = json_index(json_next(&st->header, json_first(&st->header, offs)));
         if (begin < 0 || end < 0 || end < begin)
-            return st_fail(err, errlen, "%s: tensor '%s': data_offsets must be two non-negative integers with begin <= end", path, n->key);
+            return error_into(err, errlen, "%s: tensor '%s': data_offsets must be two non-negative integers with begin <= end", path, n->key);
         if ((uint64_t)end > data_size)
-            return st_fail(err, errlen, "%s: tensor '%s': data_offsets [%lld, %lld] reach beyond the %zu data bytes in the file (truncated?)",
+            return error_into(err, errlen, "%s: tensor '%s': data_offsets [%lld, %lld] reach beyond the %zu data bytes in the file (truncated?)",
                     path, n->key, (long long)begin, (long long)end, data_size);
         if (overflow || numel > UINT64_MAX / (uint64_t)bits || numel * (uint64_t)bits != 8 * (uint64_t)(end - begin))
-            return st_fail(err, errlen, "%s: tensor '%s': shape and dtype %s need %s bytes but data_offsets give %lld", path, n->key,
+            return error_into(err, errlen, "%s: tensor '%s': shape and dtype %s need %s bytes but data_offsets give %lld", path, n->key,
                     dt->str, overflow ? "too many" : "a different number of", (long long)(end - begin));
         t->data = data + begin;
         t->nbytes = (size_t)(end - begin);
@@ -263,9 +239,9 @@ int st_parse(SafeTensors *st, const uint8_t *buf, size_t size, const char *path,
         expect = b + sorted[i].nbytes;
     }
     free(sorted);
-    if (problem[0]) return st_fail(err, errlen, "%s: %s", path, problem);
+    if (problem[0]) return error_into(err, errlen, "%s: %s", path, problem);
     if (expect != data_size)
-        return st_fail(err, errlen, "%s: %zu data bytes after the last tensor (offsets must end at the end of the file)", path,
+        return error_into(err, errlen, "%s: %zu data bytes after the last tensor (offsets must end at the end of the file)", path,
                        data_size - expect);
     return 0;
 }

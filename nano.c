@@ -84,7 +84,9 @@ static void usage(FILE *out) {
             "Engine:\n"
             "  -c, --ctx N             KV cache capacity in tokens (default min(%d, max_position_embeddings))\n"
             "  -b, --batch N           prefill the prompt in chunks of N tokens (default %d)\n"
-            "      --kv FORMAT         KV cache format: bf16 (default) or f32 (exact, for checking; reference path only)\n"
+            "      --kv FORMAT         KV cache format (default bf16): f32 (exact; reference path only), bf16, f16 (3 more\n"
+            "                          mantissa bits), int8 (~half the bytes), k8v4 (8-bit K, 4-bit V), kv4h (4-bit after a\n"
+            "                          Hadamard rotation; reference path only). README: bytes, accuracy and speed of each\n"
             "      --ref               use the scalar reference path (the default without a GPU)\n"
             "      --wo-split N        GPU decode: split o_proj's reduction over N = 1, 2, 4 or 8 slots (default: from the shape)\n"
             "      --check             with --prompt-ids: run the GPU and the reference side by side on the prompt and -n\n"
@@ -162,9 +164,9 @@ static void parse_args(Options *o, int argc, char **argv) {
             else if (is_flag(a, "-s", "--seed")) o->seed = (uint64_t)parse_long(a, v, 0, 0x7fffffffffffffffL);
             else if (!strcmp(a, "--wo-split")) {
                 o->wo_split = (int)parse_long(a, v, 1, 8);
-                if (o->wo_split & (o->wo_split - 1)) fatal("--wo-split: expected 1, 2, 4 or 8, got '%s'", v);
+                if (!wo_split_valid(o->wo_split)) fatal("--wo-split: expected 1, 2, 4 or 8, got '%s'", v);
             } else if (!strcmp(a, "--kv")) {
-                if (kv_format_parse(v, &o->kv)) fatal("--kv: unknown format '%s' (expected bf16 or f32)", v);
+                if (kv_format_parse(v, &o->kv)) fatal("--kv: unknown format '%s' (expected one of %s)", v, kv_format_list());
             } else fatal("unknown option '%s' (see --help)", a);
         }
     }
@@ -256,15 +258,13 @@ static Tokenizer *load_tokenizer(const char *dir, int required) {
 
 static Engine *open_engine(const Options *o, const Model *m, int ctx) {
     if (!o->force_ref) {
-        char why[160];
+        char why[512];
         int n_gpus = cuda_device_count(why, sizeof why);
         if (n_gpus == 0) fprintf(stderr, "nano: no CUDA GPU (%s); using the reference path\n", why);
-        else if (o->kv != KV_BF16)
-            fatal("--kv %s: the GPU engine keeps its KV cache in bf16; add --ref for the reference path", kv_format_name(o->kv));
         else {
             Engine *e = cuda_engine_create(m, ctx, o->kv, o->batch, o->wo_split, why, sizeof why);
-            if (e) return e;
-            fprintf(stderr, "nano: no GPU engine (%s); using the reference path\n", why);
+            if (!e) fatal("GPU engine: %s; add --ref to run on the reference path", why);
+            return e;
         }
     }
     return ref_engine_create(m, ctx, o->kv, o->batch);
@@ -278,7 +278,7 @@ static int check_mode(const Options *o) {
     int *ids = parse_prompt_ids(o->prompt_ids, m.cfg.vocab, &n);
     int ctx = o->ctx ? o->ctx : n + o->n_predict;
     if (n > ctx) fatal("prompt of %d tokens is longer than the context of %d tokens (-c)", n, ctx);
-    int rc = cuda_check(&m, ids, n, o->n_predict, ctx, o->batch, o->wo_split);
+    int rc = gpu_check(&m, ids, n, o->n_predict, ctx, o->batch, o->wo_split, o->kv);
     free(ids);
     model_free(&m);
     return rc;

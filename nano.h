@@ -7,6 +7,9 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "half.h"
+#include "kv.h"
+
 // ---------------------------------------------------------------------------------------------
 // Errors: one line on stderr naming what and where, exit status 1.
 
@@ -19,6 +22,8 @@
 #endif
 
 NANO_NORETURN NANO_PRINTF(1, 2) void fatal(const char *fmt, ...);
+// An error for the caller to report: the message into buf (len bytes); returns -1.
+NANO_PRINTF(3, 4) int error_into(char *buf, size_t len, const char *fmt, ...);
 void *xmalloc(size_t n);              // fatal on failure; never returns NULL
 void *xcalloc(size_t count, size_t size);
 
@@ -184,28 +189,34 @@ const char *file_error(void);  // why open/read_file just failed, from errno ("n
 // Element i of a weight row, as fp32; and a whole row converted.
 float tensor_get(const Tensor *t, size_t i);
 void tensor_row(const Tensor *t, int64_t row, float *out);
-uint16_t f32_to_bf16(float f);  // round to nearest even; NaN stays NaN
-float f16_to_f32(uint16_t h);
-static inline float bf16_to_f32(uint16_t h) {  // bf16 is the top half of an fp32
-    union { uint32_t u; float f; } v = {(uint32_t)h << 16};
-    return v.f;
-}
 
 // ---------------------------------------------------------------------------------------------
-// KV cache and the reference engine (ref.c)
-
-typedef enum { KV_BF16, KV_F32 } KVFormat;
-
-typedef struct {
-    KVFormat format;
-    int n_layers, n_kv_heads, head_dim, capacity;
-    void *k, *v;  // [layer][kv_head][pos][head_dim] in the format's element type
-} KVCache;
+// KV caches on the host (kv.c; the formats themselves are in kv.h)
 
 const char *kv_format_name(KVFormat f);
 int kv_format_parse(const char *s, KVFormat *out);  // 0 ok, -1 unknown
-void kv_init(KVCache *kv, const Config *c, int capacity, KVFormat format);
+const char *kv_format_list(void);                   // "f32, bf16, ..." for messages
+// NULL when format can hold rows of head_dim, else what it needs ("head_dim a multiple of 32").
+const char *kv_check_shape(KVFormat f, int head_dim);
+// The wide key channels of a checkpoint (kv.h): their count per row, and a malloc'd
+// [layer][kv_head][count] table of channel indices (-1: unused) in *channels; 0 and NULL for none.
+int kv_wide_channels(const Model *m, int16_t **channels);
+// Bytes one position takes in every layer's K and V rows.
+size_t kv_bytes_per_token(KVFormat f, int n_layers, int n_kv_heads, int head_dim, int n_wide);
+// A host cache; wide: n_wide channels per (layer, kv head), copied (ignored for f32). Fatal when the
+// format cannot hold this head_dim.
+void kv_init(KVCache *kv, const Config *c, int capacity, KVFormat format, int n_wide, const int16_t *wide);
 void kv_free(KVCache *kv);
+// One row of src[0..D) into its data and aux bytes, and back (the decoded row includes the wide channels).
+void kv_encode_row(KVCodec c, const float *src, int D, int n_wide, const int16_t *wide, uint8_t *data, uint8_t *aux);
+void kv_decode_row(KVCodec c, const uint8_t *data, const uint8_t *aux, int D, int n_wide, const int16_t *wide, float *dst);
+// The row of part (0: K, 1: V) at (layer, head, pos) of a host cache.
+void kv_write(const KVCache *kv, int part, int layer, int head, int pos, const float *src);
+void kv_read(const KVCache *kv, int part, int layer, int head, int pos, float *dst);
+void kv_hadamard(float *x, int D);  // the normalized Walsh-Hadamard rotation, in place (D a power of two)
+
+// ---------------------------------------------------------------------------------------------
+// The reference engine (ref.c)
 
 // RoPE inverse frequencies [head_dim/2] as HF computes them in fp32 (YaRN blended in); returns the
 // factor that multiplies cos and sin (YaRN's attention factor, else 1).
@@ -220,6 +231,14 @@ void ref_free(RefState *s);
 // cache, in chunks of max_batch. logits: n x vocab when all_logits, else vocab (last position only).
 void ref_forward(RefState *s, const Model *m, KVCache *kv, const int *ids, int n, int pos, float *logits,
                  int all_logits);
+// The ops a forward is made of, each for T tokens at positions pos.. (the GPU tests' oracles):
+// x: [T][hidden] residual rows. ref_qkv leaves q in the state and writes K/V into the cache;
+// ref_attention reads that q and the cache; ref_o_proj adds its output to x.
+void ref_qkv(RefState *s, const Model *m, KVCache *kv, int layer, const float *x, int T, int pos);
+void ref_attention(RefState *s, const Config *c, const KVCache *kv, int layer, int T, int pos);
+void ref_o_proj(RefState *s, const Model *m, int layer, float *x, int T);
+void ref_mlp(RefState *s, const Model *m, int layer, float *x, int T);
+void ref_head(RefState *s, const Model *m, const float *x, int T, float *logits);
 
 // ---------------------------------------------------------------------------------------------
 // Engines: a forward pass over a KV cache the engine owns. The reference path (ref.c) and the GPU
@@ -347,6 +366,7 @@ int cuda_device_count(char *why, size_t whylen);
 Engine *cuda_engine_create(const Model *m, int capacity, KVFormat kv, int max_batch, int wo_split, char *why,
                            size_t whylen);
 void cuda_engine_set_wo_split(Engine *e, int wo_split);  // 1, 2, 4 or 8
+static inline int wo_split_valid(int s) { return s == 1 || s == 2 || s == 4 || s == 8; }
 
 // Residual stream after each layer's attention (stage 0) and MLP (stage 1): x holds T rows of hidden
 // floats, one per token of the forward call. For --check and the tests; NULL turns it off.
@@ -354,50 +374,26 @@ typedef void (*LayerHook)(void *ctx, int layer, int stage, const float *x, int T
 void cuda_engine_set_hook(Engine *e, LayerHook hook, void *ctx);
 void ref_engine_set_hook(Engine *e, LayerHook hook, void *ctx);  // ref.c
 
-// The weights as the GPU engine computes with them: a copy of m's views whose matrices are bf16
-// (f16/f32 ones rounded into new buffers; bf16 ones shared with m). Norms and biases stay as stored.
-// Borrows m; free with cuda_rounded_model_free(), never model_free().
-Model *cuda_rounded_model(const Model *m);
-void cuda_rounded_model_free(Model *r);
 
-// --check: the GPU and the reference (on the rounded weights) side by side on the same tokens: the
-// prompt in chunks of batch, then n_decode tokens one at a time (the reference's greedy picks fed to
-// both). Prints on stdout, per layer, the largest |difference| of the residual after attention and
-// after the MLP (and relative to the reference's largest |value| there), the logits' agreement, and
-// the first layer beyond the tolerance. Returns 0 when no layer exceeds it, else 1.
-int cuda_check(const Model *m, const int *ids, int n, int n_decode, int capacity, int batch, int wo_split);
 
-// For tests/test_gpu.c: one stage of one layer on given inputs, through the decode kernel (T == 1) or
-// the prefill path (T > 1), at positions pos..pos+T-1 of the engine's own KV cache.
-enum { CUDA_ST_QKV = 1, CUDA_ST_ATT = 2, CUDA_ST_WO = 4, CUDA_ST_MLP = 8, CUDA_ST_FINAL = 16 };
-typedef struct {
-    int stage, layer, pos, T;
-    const float *x;  // in [T][hidden]: residual (QKV, WO, MLP, FINAL)
-    const float *q;  // in [T][Hq*D]: query after q_norm and RoPE (ATT)
-    const float *o;  // in [T][Hq*D]: attention output (WO)
-    float *out;      // out: q [T][Hq*D] (QKV), o (ATT), residual [T][hidden] (WO, MLP), logits [T][vocab] (FINAL)
-    int argmax;      // out (FINAL, T == 1): the decode kernel's greedy pick
-} CudaStage;
-void cuda_engine_run_stage(Engine *e, CudaStage *s);
-// Copies positions [0, n) of every layer between a bf16 KVCache of the same model and the engine's cache.
-void cuda_engine_kv_copy(Engine *e, KVCache *kv, int n, int to_gpu);
-// Greedy decode chained on the GPU (the pick feeds the next step without the host) from token id at
-// position pos: steps tokens, their ids in ids (when not NULL); returns seconds per token.
-double cuda_engine_bench_decode(Engine *e, int id, int pos, int steps, int *ids);
-// Microseconds per stage of a greedy decode step at position pos (block 0's %globaltimer, averaged
-// over reps and layers): QKV, attention, o_proj, gate/up, down (each per layer), then the final
-// norm + lm_head + pick.
-void cuda_engine_stage_times(Engine *e, int id, int pos, int reps, double us[6]);
-// Decode steps of the Engine API replay a CUDA graph of the launch (1, the default) or launch directly.
-void cuda_engine_use_graph(Engine *e, int on);
-// Before each grid barrier of a step, prefetch into L2 the next stage's first weights (default 0).
-void cuda_engine_set_prefetch(Engine *e, int on);
-// Bytes a decode step streams: weights, and KV cache per position of context.
-void cuda_engine_bytes(Engine *e, double *weights, double *kv_per_pos);
-// Device-to-device copy bandwidth in bytes/s (read + written) over a buffer of the given size.
-double cuda_copy_bandwidth(size_t bytes);
 #ifdef __cplusplus
 }
 #endif
+
+// ---------------------------------------------------------------------------------------------
+// --check (check.c): the GPU engine against the reference path
+
+// The weights as the GPU engine computes with them: a copy of m's views whose matrices are bf16
+// (f16/f32 ones rounded into new buffers; bf16 ones shared with m). Norms and biases stay as stored.
+// Borrows m; free with rounded_model_free(), never model_free().
+Model *rounded_model(const Model *m);
+void rounded_model_free(Model *r);
+
+// The GPU and the reference (on the rounded weights, the same KV format) side by side on the same
+// tokens: the prompt in chunks of batch, then n_decode tokens one at a time (the reference's greedy
+// picks fed to both). Prints on stdout, per layer, the largest |difference| of the residual after
+// attention and after the MLP (and relative to the reference's largest |value| there), the logits'
+// agreement, and the first layer beyond the tolerance. Returns 0 when no layer exceeds it, else 1.
+int gpu_check(const Model *m, const int *ids, int n, int n_decode, int capacity, int batch, int wo_split, KVFormat kv);
 
 #endif

@@ -11,59 +11,6 @@
 #define REF_ROWS 8  // weight rows converted to fp32 together in linear()
 
 // ---------------------------------------------------------------------------------------------
-// KV cache: [layer][kv_head][pos][head_dim], K and V rounded to the format when written.
-
-const char *kv_format_name(KVFormat f) { return f == KV_F32 ? "f32" : "bf16"; }
-
-int kv_format_parse(const char *s, KVFormat *out) {
-    if (strcmp(s, "bf16") == 0) *out = KV_BF16;
-    else if (strcmp(s, "f32") == 0) *out = KV_F32;
-    else return -1;
-    return 0;
-}
-
-static size_t kv_elsize(KVFormat f) { return f == KV_F32 ? 4 : 2; }
-
-void kv_init(KVCache *kv, const Config *c, int capacity, KVFormat format) {
-    kv->format = format;
-    kv->n_layers = c->n_layers;
-    kv->n_kv_heads = c->n_kv_heads;
-    kv->head_dim = c->head_dim;
-    kv->capacity = capacity;
-    size_t n = (size_t)c->n_layers * c->n_kv_heads * capacity * c->head_dim;
-    kv->k = xmalloc(n * kv_elsize(format));
-    kv->v = xmalloc(n * kv_elsize(format));
-}
-
-void kv_free(KVCache *kv) {
-    free(kv->k);
-    free(kv->v);
-    kv->k = kv->v = NULL;
-}
-
-static size_t kv_offset(const KVCache *kv, int layer, int head, int pos) {
-    return (((size_t)layer * kv->n_kv_heads + head) * kv->capacity + pos) * kv->head_dim;
-}
-
-static void kv_write(const KVCache *kv, void *base, size_t off, const float *src) {
-    if (kv->format == KV_F32) {
-        memcpy((float *)base + off, src, (size_t)kv->head_dim * sizeof(float));
-        return;
-    }
-    uint16_t *dst = (uint16_t *)base + off;
-    for (int i = 0; i < kv->head_dim; i++) dst[i] = f32_to_bf16(src[i]);
-}
-
-static void kv_read(const KVCache *kv, const void *base, size_t off, float *dst) {
-    if (kv->format == KV_F32) {
-        memcpy(dst, (const float *)base + off, (size_t)kv->head_dim * sizeof(float));
-        return;
-    }
-    const uint16_t *src = (const uint16_t *)base + off;
-    for (int i = 0; i < kv->head_dim; i++) dst[i] = bf16_to_f32(src[i]);
-}
-
-// ---------------------------------------------------------------------------------------------
 // Scratch state
 
 struct RefState {
@@ -217,7 +164,8 @@ static void rope(const RefState *s, float *v, int D, int pos) {
 static float silu(float z) { return z / (1.0f + expf(-z)); }
 
 // Causal attention of one chunk: token t (position pos+t) attends to cache positions 0..pos+t.
-static void attention(RefState *s, const Config *c, const KVCache *kv, int layer, int T, int pos) {
+// s->q (normalized, roped) in, s->attn out.
+void ref_attention(RefState *s, const Config *c, const KVCache *kv, int layer, int T, int pos) {
     int D = c->head_dim, group = c->n_heads / c->n_kv_heads;
     float scale = 1.0f / sqrtf((float)D);
     for (int t = 0; t < T; t++) {
@@ -228,7 +176,7 @@ static void attention(RefState *s, const Config *c, const KVCache *kv, int layer
             float *out = s->attn + ((size_t)t * c->n_heads + h) * D;
             float max = -INFINITY;
             for (int j = 0; j < n_ctx; j++) {
-                kv_read(kv, kv->k, kv_offset(kv, layer, kvh, j), s->krow);
+                kv_read(kv, 0, layer, kvh, j, s->krow);
                 s->scores[j] = dot(q, s->krow, D) * scale;
                 if (s->scores[j] > max) max = s->scores[j];
             }
@@ -240,63 +188,86 @@ static void attention(RefState *s, const Config *c, const KVCache *kv, int layer
             memset(out, 0, (size_t)D * sizeof(float));
             for (int j = 0; j < n_ctx; j++) {
                 float p = (float)(s->scores[j] / sum);
-                kv_read(kv, kv->v, kv_offset(kv, layer, kvh, j), s->krow);
+                kv_read(kv, 1, layer, kvh, j, s->krow);
                 for (int d = 0; d < D; d++) out[d] += p * s->krow[d];
             }
         }
     }
 }
 
+// Self-attention up to the cache for T tokens at positions pos..: input RMSNorm, q/k/v projections
+// (+ bias), Qwen3's q_norm/k_norm, RoPE. q stays in s->q; K and V (as computed, before the cache's
+// rounding) in s->k and s->v, and are written into the cache.
+void ref_qkv(RefState *s, const Model *m, KVCache *kv, int l, const float *x, int T, int pos) {
+    const Config *c = &m->cfg;
+    const LayerWeights *w = &m->layers[l];
+    int H = c->hidden, D = c->head_dim, QD = c->n_heads * D, KVD = c->n_kv_heads * D;
+    for (int t = 0; t < T; t++) rmsnorm(s->h + (size_t)t * H, x + (size_t)t * H, &w->input_norm, H, c->rms_eps);
+    linear(s, s->q, s->h, &w->wq, &w->bq, T);
+    linear(s, s->k, s->h, &w->wk, &w->bk, T);
+    linear(s, s->v, s->h, &w->wv, &w->bv, T);
+    for (int t = 0; t < T; t++) {
+        for (int h = 0; h < c->n_heads; h++) {
+            float *q = s->q + (size_t)t * QD + (size_t)h * D;
+            if (c->qk_norm) rmsnorm(q, q, &w->q_norm, D, c->rms_eps);
+            rope(s, q, D, pos + t);
+        }
+        for (int h = 0; h < c->n_kv_heads; h++) {
+            float *k = s->k + (size_t)t * KVD + (size_t)h * D;
+            if (c->qk_norm) rmsnorm(k, k, &w->k_norm, D, c->rms_eps);
+            rope(s, k, D, pos + t);
+            kv_write(kv, 0, l, h, pos + t, k);
+            kv_write(kv, 1, l, h, pos + t, s->v + (size_t)t * KVD + (size_t)h * D);
+        }
+    }
+}
+
+// x += o_proj(s->attn) (+ bias) for T tokens.
+void ref_o_proj(RefState *s, const Model *m, int l, float *x, int T) {
+    const LayerWeights *w = &m->layers[l];
+    linear(s, s->proj, s->attn, &w->wo, &w->bo, T);
+    for (size_t i = 0; i < (size_t)T * m->cfg.hidden; i++) x[i] += s->proj[i];
+}
+
+// x += down_proj(SiLU(gate_proj(h)) * up_proj(h)), h = post-attention RMSNorm of x, for T tokens.
+void ref_mlp(RefState *s, const Model *m, int l, float *x, int T) {
+    const Config *c = &m->cfg;
+    const LayerWeights *w = &m->layers[l];
+    int H = c->hidden, I = c->intermediate;
+    for (int t = 0; t < T; t++) rmsnorm(s->h + (size_t)t * H, x + (size_t)t * H, &w->post_norm, H, c->rms_eps);
+    linear(s, s->gate, s->h, &w->w_gate, NULL, T);
+    linear(s, s->up, s->h, &w->w_up, NULL, T);
+    for (size_t i = 0; i < (size_t)T * I; i++) s->gate[i] = silu(s->gate[i]) * s->up[i];
+    linear(s, s->proj, s->gate, &w->w_down, NULL, T);
+    for (size_t i = 0; i < (size_t)T * H; i++) x[i] += s->proj[i];
+}
+
+// Final RMSNorm and lm_head: logits [T][vocab] of the T rows of x.
+void ref_head(RefState *s, const Model *m, const float *x, int T, float *logits) {
+    const Config *c = &m->cfg;
+    int H = c->hidden;
+    for (int t = 0; t < T; t++) rmsnorm(s->h + (size_t)t * H, x + (size_t)t * H, &m->final_norm, H, c->rms_eps);
+    linear(s, logits, s->h, &m->lm_head, NULL, T);
+}
+
 // One chunk of T <= max_batch tokens at positions pos..pos+T-1. logits: T rows (all_logits), one row, or NULL.
 static void forward_chunk(RefState *s, const Model *m, KVCache *kv, const int *ids, int T, int pos, float *logits,
                           int all_logits) {
     const Config *c = &m->cfg;
-    int H = c->hidden, D = c->head_dim, I = c->intermediate;
-    int QD = c->n_heads * D, KVD = c->n_kv_heads * D;
-
+    int H = c->hidden;
     for (int t = 0; t < T; t++) tensor_row(&m->embed, ids[t], s->x + (size_t)t * H);
-
     for (int l = 0; l < c->n_layers; l++) {
-        const LayerWeights *w = &m->layers[l];
-        // Self-attention block
-        for (int t = 0; t < T; t++) rmsnorm(s->h + (size_t)t * H, s->x + (size_t)t * H, &w->input_norm, H, c->rms_eps);
-        linear(s, s->q, s->h, &w->wq, &w->bq, T);
-        linear(s, s->k, s->h, &w->wk, &w->bk, T);
-        linear(s, s->v, s->h, &w->wv, &w->bv, T);
-        for (int t = 0; t < T; t++) {
-            for (int h = 0; h < c->n_heads; h++) {
-                float *q = s->q + (size_t)t * QD + (size_t)h * D;
-                if (c->qk_norm) rmsnorm(q, q, &w->q_norm, D, c->rms_eps);
-                rope(s, q, D, pos + t);
-            }
-            for (int h = 0; h < c->n_kv_heads; h++) {
-                float *k = s->k + (size_t)t * KVD + (size_t)h * D;
-                if (c->qk_norm) rmsnorm(k, k, &w->k_norm, D, c->rms_eps);
-                rope(s, k, D, pos + t);
-                kv_write(kv, kv->k, kv_offset(kv, l, h, pos + t), k);
-                kv_write(kv, kv->v, kv_offset(kv, l, h, pos + t), s->v + (size_t)t * KVD + (size_t)h * D);
-            }
-        }
-        attention(s, c, kv, l, T, pos);
-        linear(s, s->proj, s->attn, &w->wo, &w->bo, T);
-        for (size_t i = 0; i < (size_t)T * H; i++) s->x[i] += s->proj[i];
+        ref_qkv(s, m, kv, l, s->x, T, pos);
+        ref_attention(s, c, kv, l, T, pos);
+        ref_o_proj(s, m, l, s->x, T);
         if (s->hook) s->hook(s->hook_ctx, l, 0, s->x, T);
-
-        // MLP block
-        for (int t = 0; t < T; t++) rmsnorm(s->h + (size_t)t * H, s->x + (size_t)t * H, &w->post_norm, H, c->rms_eps);
-        linear(s, s->gate, s->h, &w->w_gate, NULL, T);
-        linear(s, s->up, s->h, &w->w_up, NULL, T);
-        for (size_t i = 0; i < (size_t)T * I; i++) s->gate[i] = silu(s->gate[i]) * s->up[i];
-        linear(s, s->proj, s->gate, &w->w_down, NULL, T);
-        for (size_t i = 0; i < (size_t)T * H; i++) s->x[i] += s->proj[i];
+        ref_mlp(s, m, l, s->x, T);
         if (s->hook) s->hook(s->hook_ctx, l, 1, s->x, T);
     }
-
     // Final norm and lm_head, for every token or only the last; none for a chunk that only fills the cache.
     if (!logits) return;
     int first = all_logits ? 0 : T - 1;
-    for (int t = first; t < T; t++) rmsnorm(s->h + (size_t)t * H, s->x + (size_t)t * H, &m->final_norm, H, c->rms_eps);
-    linear(s, logits, s->h + (size_t)first * H, &m->lm_head, NULL, T - first);
+    ref_head(s, m, s->x + (size_t)first * H, T - first, logits);
 }
 
 void ref_forward(RefState *s, const Model *m, KVCache *kv, const int *ids, int n, int pos, float *logits, int all_logits) {
@@ -341,6 +312,9 @@ Engine *ref_engine_create(const Model *m, int capacity, KVFormat kv, int max_bat
     r->base.free = ref_engine_free;
     r->m = m;
     r->s = ref_create(m, max_batch, capacity);
-    kv_init(&r->kv, &m->cfg, capacity, kv);
+    int16_t *wide;
+    int n_wide = kv_wide_channels(m, &wide);
+    kv_init(&r->kv, &m->cfg, capacity, kv, n_wide, wide);
+    free(wide);
     return &r->base;
 }

@@ -1,0 +1,221 @@
+// The decode attention stage: split-KV GQA attention over the cache, each kv head's K and V read
+// once for all its query heads, unpacked in registers from the cache's format, fp32 online softmax,
+// chunks merged by log-sum-exp in a fixed order.
+#ifndef NANO_GPU_ATTENTION_CUH
+#define NANO_GPU_ATTENTION_CUH
+
+// One (kv head g, chunk c) unit of attention over positions [c*CL, min(n, (c+1)*CL)).
+// HP: q heads per lane (1, 2 or 4); the group's heads are spread over ceil(gs / HP) sets of warps.
+// A single chunk writes the output itself; otherwise the last chunk of the kv head to finish merges.
+// KC, VC: the cache's codecs, so each lane unpacks its 8 elements of K and V in registers. A K row's
+// wide channels (kv.h), when WIDE, are added to the score by the first n_wide lanes of its lane group.
+template <int HP, KVCodec KC, KVCodec VC, bool WIDE>
+__device__ void attention_unit(const DecodeParams &p, int layer, int g, int c, int CL, int n, int n_chunks, float *sm) {
+    constexpr int UA = HP >= 4 ? 2 : HP == 2 ? 4 : 8;  // positions in flight per lane group (registers permitting)
+    const Dims &d = p.d;
+    const int D = d.D, LG = D >> 3, GPW = 32 / LG;
+    const int nhs = (d.gs + HP - 1) / HP, wps = NW / nhs;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int set = warp / wps, wis = warp % wps, li = lane % LG, lg = lane / LG;
+    const bool act = set < nhs;
+    const int c0 = c * CL, c1 = min(n, c0 + CL);
+    const KVCache &kv = p.kv;
+    const uint8_t *K = kv_data_at(&kv, 0, layer, g, 0), *Ka = kv_aux_at(&kv, 0, layer, g, 0);
+    const uint8_t *V = kv_data_at(&kv, 1, layer, g, 0), *Va = kv_aux_at(&kv, 1, layer, g, 0);
+    const size_t kdb = kv_data_bytes(KC, D), kab = kv_aux_bytes(KC, D, kv.n_wide);
+    const size_t vdb = kv_data_bytes(VC, D), vab = kv_aux_bytes(VC, D, 0);
+    const float qscale = rsqrtf((float)D) * 1.4426950408889634f;  // scores in log2 units
+    const int wide_ch = WIDE && li < kv.n_wide ? kv_wide_at(&kv, 0, layer, g)[li] : -1;
+    const float *wide = (const float *)(Ka + kv_wide_offset(KC, D)) + li;  // + j * kab / 4 for position j
+
+    float qr[HP][8], qw[HP], acc[HP][8], m[HP], l[HP];
+#pragma unroll
+    for (int h = 0; h < HP; h++) {
+        int gh = set * HP + h;
+        bool ok = act && gh < d.gs;
+        const float *qh = p.q + (size_t)(g * d.gs + gh) * D;
+#pragma unroll
+        for (int e = 0; e < 8; e++) {
+            qr[h][e] = ok ? __ldcg(qh + li * 8 + e) * qscale : 0.0f;
+            acc[h][e] = 0;
+        }
+        qw[h] = WIDE && ok && wide_ch >= 0 ? __ldcg(qh + wide_ch) * qscale : 0.0f;
+        m[h] = -INFINITY;
+        l[h] = 0;
+    }
+    __syncthreads();  // smem of the previous unit is free
+    if (act) {
+        const int step = wps * GPW;
+        for (int jb = c0 + wis * GPW; jb < c1; jb += step * UA) {
+            KVChunk kr[UA], vr[UA];
+            float wv[UA];
+#pragma unroll
+            for (int a = 0; a < UA; a++) {
+                int j = jb + a * step + lg;
+                if (j < c1) {
+                    kr[a] = kv_fetch8(KC, K + j * kdb, Ka + j * kab, li);
+                    vr[a] = kv_fetch8(VC, V + j * vdb, Va + j * vab, li);
+                    wv[a] = WIDE && wide_ch >= 0 ? __ldcg(wide + j * (kab / 4)) : 0.0f;
+                } else {
+                    kr[a] = vr[a] = KVChunk{{0, 0, 0, 0}, 0};
+                    wv[a] = 0;
+                }
+            }
+#pragma unroll
+            for (int a = 0; a < UA; a++) {
+                if (jb + a * step >= c1) break;  // warp-uniform: no lane group of the warp has a position left
+                const bool valid = jb + a * step + lg < c1;
+                float kf[8], vf[8];
+                kv_unpack8(KC, kr[a], kf);
+                kv_unpack8(VC, vr[a], vf);
+#pragma unroll
+                for (int h = 0; h < HP; h++) {
+                    float s = WIDE ? qw[h] * wv[a] : 0.0f;
+#pragma unroll
+                    for (int e = 0; e < 8; e++) s = fmaf(qr[h][e], kf[e], s);
+                    for (int o = LG >> 1; o; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+                    if (valid) {
+                        float mn = fmaxf(m[h], s);
+                        float cf = exp2f(m[h] - mn), pf = exp2f(s - mn);
+                        l[h] = l[h] * cf + pf;
+#pragma unroll
+                        for (int e = 0; e < 8; e++) acc[h][e] = acc[h][e] * cf + pf * vf[e];
+                        m[h] = mn;
+                    }
+                }
+            }
+        }
+        // Merge the lane groups of the warp (butterfly; every group ends with the merged state).
+        for (int o = LG; o < 32; o <<= 1) {
+#pragma unroll
+            for (int h = 0; h < HP; h++) {
+                float mo = __shfl_xor_sync(0xffffffffu, m[h], o), lo = __shfl_xor_sync(0xffffffffu, l[h], o);
+                float mn = fmaxf(m[h], mo);
+                float fa = m[h] == -INFINITY ? 0.0f : exp2f(m[h] - mn), fb = mo == -INFINITY ? 0.0f : exp2f(mo - mn);
+                l[h] = l[h] * fa + lo * fb;
+#pragma unroll
+                for (int e = 0; e < 8; e++) {
+                    float ao = __shfl_xor_sync(0xffffffffu, acc[h][e], o);
+                    acc[h][e] = acc[h][e] * fa + ao * fb;
+                }
+                m[h] = mn;
+            }
+        }
+        float *wacc = sm + (size_t)warp * HP * D, *wml = sm + (size_t)NW * HP * D + warp * HP * 2;
+        if (lg == 0) {
+#pragma unroll
+            for (int h = 0; h < HP; h++) {
+#pragma unroll
+                for (int e = 0; e < 8; e++) wacc[h * D + li * 8 + e] = acc[h][e];
+                if (li == 0) wml[h * 2] = m[h], wml[h * 2 + 1] = l[h];
+            }
+        }
+    }
+    __syncthreads();
+    // Merge the warps of each set in warp order: the output (one chunk) or this chunk's partial state.
+    const float *sml = sm + (size_t)NW * HP * D;
+    for (int t = threadIdx.x; t < nhs * HP * D; t += NT) {
+        int hh = t / D, dd = t % D, s = hh / HP, h = hh % HP;
+        if (hh >= d.gs) continue;
+        float M = -INFINITY;
+        for (int w = 0; w < wps; w++) M = fmaxf(M, sml[((s * wps + w) * HP + h) * 2]);
+        float L = 0, A = 0;
+        for (int w = 0; w < wps; w++) {
+            int ww = s * wps + w;
+            float mw = sml[(ww * HP + h) * 2];
+            if (mw == -INFINITY) continue;
+            float f = exp2f(mw - M);
+            L += f * sml[(ww * HP + h) * 2 + 1];
+            A += f * sm[((size_t)ww * HP + h) * D + dd];
+        }
+        if (n_chunks == 1) {
+            p.o[(size_t)(g * d.gs + hh) * D + dd] = A / L;
+            continue;
+        }
+        size_t pi = ((size_t)g * p.att_S + c) * p.gq + hh;
+        p.part[pi * D + dd] = A;
+        if (dd == 0) p.part_ml[pi * 2] = M, p.part_ml[pi * 2 + 1] = L;
+    }
+    if (n_chunks == 1) return;
+    // The last chunk of this kv head to finish merges all chunks in chunk order.
+    __syncthreads();
+    __shared__ int last;
+    if (threadIdx.x == 0) {
+        __threadfence();
+        unsigned prev = atomicAdd(p.tick + d.NH + g, 1u);
+        last = prev == (unsigned)(n_chunks - 1);
+        if (last) p.tick[d.NH + g] = 0;
+        __threadfence();
+    }
+    __syncthreads();
+    if (!last) return;
+    // Chunk weights w_c = exp2(m_c - M) per head into shared memory (all loads in flight at once),
+    // then each output element sums its chunks in order, eight loads at a time.
+    float *wsm = sm, *lsm = sm + (size_t)n_chunks * d.gs;  // [n_chunks][gs] weights, [gs] total weights
+    for (int t = threadIdx.x; t < n_chunks * d.gs; t += NT) {
+        size_t pi = ((size_t)g * p.att_S + t / d.gs) * p.gq + t % d.gs;
+        wsm[t] = __ldcg(p.part_ml + pi * 2);
+        wsm[n_chunks * d.gs + d.gs + t] = __ldcg(p.part_ml + pi * 2 + 1);
+    }
+    __syncthreads();
+    for (int h = threadIdx.x; h < d.gs; h += NT) {
+        float M = -INFINITY, L = 0;
+        for (int cc = 0; cc < n_chunks; cc++) M = fmaxf(M, wsm[cc * d.gs + h]);
+        for (int cc = 0; cc < n_chunks; cc++) {
+            float mc = wsm[cc * d.gs + h], f = mc == -INFINITY ? 0.0f : exp2f(mc - M);
+            wsm[cc * d.gs + h] = f;
+            L += f * wsm[n_chunks * d.gs + d.gs + cc * d.gs + h];
+        }
+        lsm[h] = L;
+    }
+    __syncthreads();
+    for (int t = threadIdx.x; t < d.gs * D; t += NT) {
+        int h = t / D, dd = t % D;
+        float A = 0;
+        for (int c8 = 0; c8 < n_chunks; c8 += 8) {
+            float v[8];
+#pragma unroll
+            for (int k = 0; k < 8; k++)
+                v[k] = c8 + k < n_chunks ? __ldcg(p.part + (((size_t)g * p.att_S + c8 + k) * p.gq + h) * D + dd) : 0.0f;
+#pragma unroll
+            for (int k = 0; k < 8; k++)
+                if (c8 + k < n_chunks) A += wsm[(c8 + k) * d.gs + h] * v[k];
+        }
+        p.o[(size_t)(g * d.gs + h) * D + dd] = A / lsm[h];
+    }
+}
+
+// Chunking of a context of n positions over at most att_S chunks per kv head, >= ATT_MIN_CHUNK
+// positions each (depends only on n and att_S, so the merge order is fixed). Below that length one
+// block reading the whole context beats a split and its merge.
+#define ATT_MIN_CHUNK 256
+__device__ __host__ inline void att_chunks(int n, int att_S, int *CL, int *n_chunks) {
+    int cl = (n + att_S - 1) / att_S;
+    if (cl < ATT_MIN_CHUNK) cl = ATT_MIN_CHUNK;
+    *CL = cl;
+    *n_chunks = (n + cl - 1) / cl;
+}
+
+template <int HP, KVCodec KC, KVCodec VC>
+__device__ void attention_units(const DecodeParams &p, int layer, int pos, float *sm) {
+    int CL, nc;
+    att_chunks(pos + 1, p.att_S, &CL, &nc);
+    int units = p.d.Hkv * nc;
+    for (int u = blockIdx.x; u < units; u += gridDim.x) {
+        if (p.kv.n_wide) attention_unit<HP, KC, VC, true>(p, layer, u / nc, u % nc, CL, pos + 1, nc, sm);
+        else attention_unit<HP, KC, VC, false>(p, layer, u / nc, u % nc, CL, pos + 1, nc, sm);
+    }
+}
+
+// The GPU's formats (kv.c's table marks them), each an instance with its codecs compiled in.
+template <int HP>
+__device__ void stage_attention(const DecodeParams &p, int layer, int pos, float *sm) {
+    switch (p.kv.format) {
+    case KV_F16: attention_units<HP, KVC_F16, KVC_F16>(p, layer, pos, sm); break;
+    case KV_INT8: attention_units<HP, KVC_Q8, KVC_Q8>(p, layer, pos, sm); break;
+    case KV_K8V4: attention_units<HP, KVC_Q8, KVC_Q4>(p, layer, pos, sm); break;
+    default: attention_units<HP, KVC_BF16, KVC_BF16>(p, layer, pos, sm); break;
+    }
+}
+
+#endif

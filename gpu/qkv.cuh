@@ -1,0 +1,49 @@
+// The end of the fused RMSNorm-QKV stage, per head: bias, Qwen3's q/k norm, RoPE, and K/V into the
+// cache. The decode kernel and the prefill path both finish heads with it.
+#ifndef NANO_GPU_QKV_CUH
+#define NANO_GPU_QKV_CUH
+
+// One head of the QKV output, by one warp: bias, then for q and k the per-head RMSNorm (Qwen3) and
+// RoPE; q goes to q_out (fp32), k and v into the cache at pos in its format. raw: the token's [NQKV]
+// projections; scratch: D floats of shared memory for this warp. Shared by the decode kernel and the
+// prefill path.
+__device__ void finish_head(const Dims &d, const DevLayer &w, const float *inv_freq, const KVCache &kv, const float *raw, int h,
+                            int layer, int pos, float *q_out, float *scratch) {
+    const int D = d.D, lane = threadIdx.x & 31;
+    const float *b = w.bqkv ? w.bqkv + (size_t)h * D : NULL;
+    for (int i = lane; i < D; i += 32) scratch[i] = __ldcg(raw + (size_t)h * D + i) + (b ? b[i] : 0.0f);
+    __syncwarp();
+    int kind = h < d.Hq ? 0 : h < d.Hq + d.Hkv ? 1 : 2;
+    if (kind == 2) {
+        kv_store_row(kv, 1, layer, h - d.Hq - d.Hkv, pos, scratch);
+        return;
+    }
+    const float *nw = kind == 0 ? w.q_norm : w.k_norm;
+    if (nw) {
+        float ss = 0;
+        for (int i = lane; i < D; i += 32) ss += scratch[i] * scratch[i];
+        ss = warp_sum(ss);
+        float inv = 1.0f / sqrtf(ss / D + d.eps);
+        __syncwarp();
+        for (int i = lane; i < D; i += 32) scratch[i] = nw[i] * (scratch[i] * inv);
+        __syncwarp();
+    }
+    int half = D / 2;
+    for (int i = lane; i < half; i += 32) {
+        float f = (float)pos * inv_freq[i];
+        float c = cosf(f) * d.rope_scale, s = sinf(f) * d.rope_scale;
+        float a = scratch[i], bb = scratch[i + half];
+        float y0 = a * c - bb * s, y1 = bb * c + a * s;
+        if (kind == 0) {
+            q_out[(size_t)h * D + i] = y0;
+            q_out[(size_t)h * D + i + half] = y1;
+        } else {
+            scratch[i] = y0;  // each lane reads and writes only its own pair
+            scratch[i + half] = y1;
+        }
+    }
+    __syncwarp();
+    if (kind == 1) kv_store_row(kv, 0, layer, h - d.Hq, pos, scratch);
+}
+
+#endif
