@@ -7,6 +7,7 @@
 #include <string.h>
 
 #ifdef __CUDACC__
+#include <cuda_fp16.h>
 #define HOST_DEVICE __host__ __device__
 #else
 #define HOST_DEVICE
@@ -35,6 +36,9 @@ HOST_DEVICE static inline uint16_t f32_to_bf16(float f) {
 }
 
 HOST_DEVICE static inline float f16_to_f32(uint16_t h) {
+#ifdef __CUDA_ARCH__
+    return __half2float(__ushort_as_half(h));  // exact, as below
+#endif
     uint32_t sign = (uint32_t)(h >> 15) << 31, exp = (h >> 10) & 0x1Fu, man = h & 0x3FFu;
     if (exp == 0x1F) return bits_f32(sign | 0x7F800000u | (man << 13));  // inf / NaN
     if (exp) return bits_f32(sign | ((exp + 112) << 23) | (man << 13));

@@ -114,8 +114,19 @@ static float *upload_vector(CudaEngine *c, const Tensor *t) {
     return dv;
 }
 
-static const void *decode_kernel(int hp) {
-    return hp == 1 ? (const void *)kernel_decode<1> : hp == 2 ? (const void *)kernel_decode<2> : (const void *)kernel_decode<4>;
+// The decode kernel's instance for q heads per lane hp and a GPU KV format.
+template <int HP>
+static const void *decode_kernel_hp(KVFormat f) {
+    switch (f) {
+    case KV_F16: return (const void *)kernel_decode<HP, KV_F16>;
+    case KV_INT8: return (const void *)kernel_decode<HP, KV_INT8>;
+    case KV_K8V4: return (const void *)kernel_decode<HP, KV_K8V4>;
+    default: return (const void *)kernel_decode<HP, KV_BF16>;
+    }
+}
+
+static const void *decode_kernel(int hp, KVFormat f) {
+    return hp == 1 ? decode_kernel_hp<1>(f) : hp == 2 ? decode_kernel_hp<2>(f) : decode_kernel_hp<4>(f);
 }
 
 static void launch_decode(CudaEngine *c, DecodeParams *p) {
@@ -374,7 +385,7 @@ extern "C" Engine *cuda_engine_create(const Model *m, int capacity, KVFormat kv,
     c->max_batch = max_batch;
 
     // Grid: one block of NT threads per SM (occupancy permitting), all co-resident for the barriers.
-    c->kfn = decode_kernel(c->hp);
+    c->kfn = decode_kernel(c->hp, kv);
     c->att_S = std::max(1, prop.multiProcessorCount / d.Hkv);
     c->smem = decode_smem(d, c->hp, c->att_S).bytes();
     if (c->smem > (size_t)prop.sharedMemPerBlockOptin) {
@@ -412,7 +423,7 @@ extern "C" Engine *cuda_engine_create(const Model *m, int capacity, KVFormat kv,
     memset(&shape, 0, sizeof shape);
     shape.format = kv, shape.codec[0] = kv_formats[kv].k, shape.codec[1] = kv_formats[kv].v;
     shape.n_layers = d.L, shape.n_kv_heads = d.Hkv, shape.head_dim = D, shape.capacity = capacity;
-    shape.n_wide = kv_wide_channels(m, (int16_t **)&shape.wide);
+    shape.n_wide = kv_wide_channels(m, kv, (int16_t **)&shape.wide);
     size_t free_b = 0, total_b = 0;
     CUDA_CHECK(cudaMemGetInfo(&free_b, &total_b), "cudaMemGetInfo");
     size_t B = (size_t)max_batch, wide = (size_t)std::max(std::max(d.H, d.QD), d.I);
@@ -606,7 +617,7 @@ __global__ void kernel_kv_store(KVCache kv, int layer, int pos, const float *row
     for (int h = warp; h < kv.n_kv_heads; h += blockDim.x >> 5) {
         for (int i = lane; i < D; i += 32) row[i] = rows[(((size_t)t * 2 + part) * kv.n_kv_heads + h) * D + i];
         __syncwarp();
-        kv_store_row(kv, part, layer, h, pos + t, row);
+        kv_store_row<-1>(kv, part, layer, h, pos + t, row);
     }
 }
 

@@ -32,7 +32,8 @@ typedef enum { KV_F32, KV_BF16, KV_F16, KV_INT8, KV_K8V4, KV_KV4H, KV_N_FORMATS 
 typedef struct {
     const char *name;
     KVCodec k, v;
-    int gpu;  // the GPU engine reads and writes it
+    int wide;  // keeps the checkpoint's wide key channels (below)
+    int gpu;   // the GPU engine reads and writes it
 } KVFormatInfo;
 
 // The table of formats (kv.c): name, K and V codecs.

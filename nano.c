@@ -123,7 +123,7 @@ static void parse_args(Options *o, int argc, char **argv) {
     o->top_k = -1;
     o->think = -1;
     o->seed = 42;
-    o->kv = KV_BF16;
+    o->kv = KV_N_FORMATS;  // the model's default (kv_default)
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (is_flag(a, "-h", "--help")) {
@@ -256,18 +256,21 @@ static Tokenizer *load_tokenizer(const char *dir, int required) {
     return t;
 }
 
-static Engine *open_engine(const Options *o, const Model *m, int ctx) {
+// The KV format: --kv, else the model's default.
+static KVFormat kv_format_of(const Options *o, const Config *c) { return o->kv == KV_N_FORMATS ? kv_default(c) : o->kv; }
+
+static Engine *open_engine(const Options *o, const Model *m, int ctx, KVFormat kv) {
     if (!o->force_ref) {
         char why[512];
         int n_gpus = cuda_device_count(why, sizeof why);
         if (n_gpus == 0) fprintf(stderr, "nano: no CUDA GPU (%s); using the reference path\n", why);
         else {
-            Engine *e = cuda_engine_create(m, ctx, o->kv, o->batch, o->wo_split, why, sizeof why);
+            Engine *e = cuda_engine_create(m, ctx, kv, o->batch, o->wo_split, why, sizeof why);
             if (!e) fatal("GPU engine: %s; add --ref to run on the reference path", why);
             return e;
         }
     }
-    return ref_engine_create(m, ctx, o->kv, o->batch);
+    return ref_engine_create(m, ctx, kv, o->batch);
 }
 
 // --check: the GPU engine against the reference, layer by layer, on the --prompt-ids tokens.
@@ -278,7 +281,7 @@ static int check_mode(const Options *o) {
     int *ids = parse_prompt_ids(o->prompt_ids, m.cfg.vocab, &n);
     int ctx = o->ctx ? o->ctx : n + o->n_predict;
     if (n > ctx) fatal("prompt of %d tokens is longer than the context of %d tokens (-c)", n, ctx);
-    int rc = gpu_check(&m, ids, n, o->n_predict, ctx, o->batch, o->wo_split, o->kv);
+    int rc = gpu_check(&m, ids, n, o->n_predict, ctx, o->batch, o->wo_split, kv_format_of(o, &m.cfg));
     free(ids);
     model_free(&m);
     return rc;
@@ -306,8 +309,8 @@ static void session_open(Session *s, const Options *o, int need_tokenizer) {
     s->ctx = o->ctx ? o->ctx : (c->max_pos < DEFAULT_CTX ? c->max_pos : DEFAULT_CTX);
     if (s->ctx > c->max_pos)
         fprintf(stderr, "nano: warning: -c %d exceeds max_position_embeddings %d; positions past it were never trained\n", s->ctx, c->max_pos);
-    s->kv = o->kv;
-    s->engine = open_engine(o, &s->m, s->ctx);
+    s->kv = kv_format_of(o, c);
+    s->engine = open_engine(o, &s->m, s->ctx, s->kv);
     s->tokens = xmalloc((size_t)s->ctx * sizeof *s->tokens);
     s->logits = xmalloc((size_t)c->vocab * sizeof *s->logits);
     // Never sample an id the tokenizer cannot print: the embedding usually has padding rows past it.
@@ -866,7 +869,7 @@ static void perplexity_mode(Session *s, const Options *o) {
     printf("perplexity: %.4f over %d scored tokens of %d (ctx %d, stride %d), mean nll %.6f\n", exp(nll / scored), scored, n, C, S,
            nll / scored);
     fprintf(stderr, "nano: perplexity took %.1f s, %.1f tok/s | %s, %s KV\n", dt, dt > 0 ? scored / dt : 0.0, s->engine->name,
-            kv_format_name(o->kv));
+            kv_format_name(s->kv));
     free(logits);
     free(ids);
     free(text);

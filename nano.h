@@ -196,15 +196,16 @@ void tensor_row(const Tensor *t, int64_t row, float *out);
 const char *kv_format_name(KVFormat f);
 int kv_format_parse(const char *s, KVFormat *out);  // 0 ok, -1 unknown
 const char *kv_format_list(void);                   // "f32, bf16, ..." for messages
+KVFormat kv_default(const Config *c);               // the format a model runs with unless --kv says
 // NULL when format can hold rows of head_dim, else what it needs ("head_dim a multiple of 32").
 const char *kv_check_shape(KVFormat f, int head_dim);
-// The wide key channels of a checkpoint (kv.h): their count per row, and a malloc'd
+// The wide key channels (kv.h) a format keeps for a checkpoint: their count per row, and a malloc'd
 // [layer][kv_head][count] table of channel indices (-1: unused) in *channels; 0 and NULL for none.
-int kv_wide_channels(const Model *m, int16_t **channels);
+int kv_wide_channels(const Model *m, KVFormat format, int16_t **channels);
 // Bytes one position takes in every layer's K and V rows.
 size_t kv_bytes_per_token(KVFormat f, int n_layers, int n_kv_heads, int head_dim, int n_wide);
-// A host cache; wide: n_wide channels per (layer, kv head), copied (ignored for f32). Fatal when the
-// format cannot hold this head_dim.
+// A host cache; wide: n_wide channels per (layer, kv head) (kv_wide_channels), copied. Fatal when
+// the format cannot hold this head_dim.
 void kv_init(KVCache *kv, const Config *c, int capacity, KVFormat format, int n_wide, const int16_t *wide);
 void kv_free(KVCache *kv);
 // One row of src[0..D) into its data and aux bytes, and back (the decoded row includes the wide channels).

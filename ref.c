@@ -313,7 +313,7 @@ Engine *ref_engine_create(const Model *m, int capacity, KVFormat kv, int max_bat
     r->m = m;
     r->s = ref_create(m, max_batch, capacity);
     int16_t *wide;
-    int n_wide = kv_wide_channels(m, &wide);
+    int n_wide = kv_wide_channels(m, kv, &wide);
     kv_init(&r->kv, &m->cfg, capacity, kv, n_wide, wide);
     free(wide);
     return &r->base;

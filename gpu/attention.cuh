@@ -25,7 +25,7 @@ __device__ void attention_unit(const DecodeParams &p, int layer, int g, int c, i
     const size_t kdb = kv_data_bytes(KC, D), kab = kv_aux_bytes(KC, D, kv.n_wide);
     const size_t vdb = kv_data_bytes(VC, D), vab = kv_aux_bytes(VC, D, 0);
     const float qscale = rsqrtf((float)D) * 1.4426950408889634f;  // scores in log2 units
-    const int wide_ch = WIDE && li < kv.n_wide ? kv_wide_at(&kv, 0, layer, g)[li] : -1;
+    const int wide_ch = WIDE && li < kv.n_wide ? kv_wide_at(&kv, 0, layer, g)[li] : -1;  // -1: none (n_wide may be 0)
     const float *wide = (const float *)(Ka + kv_wide_offset(KC, D)) + li;  // + j * kab / 4 for position j
 
     float qr[HP][8], qw[HP], acc[HP][8], m[HP], l[HP];
@@ -196,26 +196,15 @@ __device__ __host__ inline void att_chunks(int n, int att_S, int *CL, int *n_chu
     *n_chunks = (n + cl - 1) / cl;
 }
 
-template <int HP, KVCodec KC, KVCodec VC>
-__device__ void attention_units(const DecodeParams &p, int layer, int pos, float *sm) {
+// Every unit of this block, in the format FMT (a kernel_decode instance of its own). bf16 has no
+// wide channels (kv.c); the other formats add theirs when the model has some.
+template <int HP, int FMT>
+__device__ void stage_attention(const DecodeParams &p, int layer, int pos, float *sm) {
     int CL, nc;
     att_chunks(pos + 1, p.att_S, &CL, &nc);
     int units = p.d.Hkv * nc;
-    for (int u = blockIdx.x; u < units; u += gridDim.x) {
-        if (p.kv.n_wide) attention_unit<HP, KC, VC, true>(p, layer, u / nc, u % nc, CL, pos + 1, nc, sm);
-        else attention_unit<HP, KC, VC, false>(p, layer, u / nc, u % nc, CL, pos + 1, nc, sm);
-    }
-}
-
-// The GPU's formats (kv.c's table marks them), each an instance with its codecs compiled in.
-template <int HP>
-__device__ void stage_attention(const DecodeParams &p, int layer, int pos, float *sm) {
-    switch (p.kv.format) {
-    case KV_F16: attention_units<HP, KVC_F16, KVC_F16>(p, layer, pos, sm); break;
-    case KV_INT8: attention_units<HP, KVC_Q8, KVC_Q8>(p, layer, pos, sm); break;
-    case KV_K8V4: attention_units<HP, KVC_Q8, KVC_Q4>(p, layer, pos, sm); break;
-    default: attention_units<HP, KVC_BF16, KVC_BF16>(p, layer, pos, sm); break;
-    }
+    for (int u = blockIdx.x; u < units; u += gridDim.x)
+        attention_unit<HP, Codecs<FMT>::k, Codecs<FMT>::v, FMT != KV_BF16>(p, layer, u / nc, u % nc, CL, pos + 1, nc, sm);
 }
 
 #endif

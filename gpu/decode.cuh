@@ -25,6 +25,7 @@ __host__ __device__ inline SmemLayout decode_smem(const Dims &d, int hp, int att
 // ---------------------------------------------------------------------------------------------
 // Decode stages
 
+template <int FMT>
 __device__ __forceinline__ void stage_qkv(const DecodeParams &p, const DevLayer &w, int layer, int pos, float *xs, float *red, int *fin,
                           float *fscratch) {
     const Dims &d = p.d;
@@ -61,7 +62,7 @@ __device__ __forceinline__ void stage_qkv(const DecodeParams &p, const DevLayer 
     __syncthreads();
     const int warp = threadIdx.x >> 5;
     for (int k = warp; k < min(n_fin, MAX_FIN); k += NW)
-        finish_head(d, w, p.inv_freq, p.kv, p.qkv, fin[k], layer, pos, p.q, fscratch + warp * d.D);
+        finish_head<FMT>(d, w, p.inv_freq, p.kv, p.qkv, fin[k], layer, pos, p.q, fscratch + warp * d.D);
 }
 
 __device__ __forceinline__ void stage_split(const MapSplit &map, float *slots, int H) {
@@ -78,7 +79,7 @@ __device__ __forceinline__ float silu(float z) { return z / (1.0f + expf(-z)); }
 
 // The state of one decode launch, and its stages. All blocks run the same control flow, so every
 // block meets every barrier.
-template <int HP>
+template <int HP, int FMT>
 struct Step {
     const DecodeParams &p;
     const Dims &d;
@@ -127,9 +128,9 @@ struct Step {
 
     __device__ __forceinline__ void qkv(int l) {
         gather(p.dbg && l > 0 && pend ? p.dbg + ((size_t)(l - 1) * 2 + 1) * d.H : NULL);
-        stage_qkv(p, p.layers[l], l, pos, xs, red, fin, fscratch);
+        stage_qkv<FMT>(p, p.layers[l], l, pos, xs, red, fin, fscratch);
     }
-    __device__ __forceinline__ void attention(int l) { stage_attention<HP>(p, l, pos, sm); }
+    __device__ __forceinline__ void attention(int l) { stage_attention<HP, FMT>(p, l, pos, sm); }
     __device__ __forceinline__ void wo(int l) {
         for (int i = threadIdx.x; i < d.QD; i += NT) xs[i] = __ldcg(p.o + i);
         __syncthreads();
@@ -213,10 +214,10 @@ struct Step {
 
 // A decode step, or (tests) some stages of some layers. Before each barrier of a whole step, every
 // warp prefetches into L2 the first weights it will read after it.
-template <int HP>
+template <int HP, int FMT>
 __global__ void __launch_bounds__(NT, 1) kernel_decode(const __grid_constant__ DecodeParams p) {
     extern __shared__ float4 smem4[];
-    Step<HP> st(p, (float *)smem4);
+    Step<HP, FMT> st(p, (float *)smem4);
     const bool whole = p.stages == ST_ALL && p.l0 == 0 && p.l1 == p.d.L && (p.flags & F_PREFETCH);
     if (whole) prefetch_first(st.map_qkv(0));
     for (int l = p.l0; l < p.l1; l++) {

@@ -1,25 +1,32 @@
 // The KV cache on the device, in any format of kv.h: a row written by one warp (the same bytes as the
-// reference's kv_encode_row: extremes found with shuffles, the encoding shared), and a chunk of a row
-// read with its codec known at run time (the prefill attention's tile loads). The decode attention
-// reads chunks with codecs fixed at compile time (attention.cuh).
+// reference's kv_encode_row: extremes found with shuffles, the encoding shared), and a wide channel
+// read back. The attention kernels read chunks through kv.h's kv_fetch8 / kv_unpack8 with the codecs
+// as template arguments.
 #ifndef NANO_GPU_KV_CUH
 #define NANO_GPU_KV_CUH
 
+// The codecs of a GPU format, at compile time (kv.c's table says the same at run time).
+template <int FMT> struct Codecs;
+template <> struct Codecs<KV_BF16> { static constexpr KVCodec k = KVC_BF16, v = KVC_BF16; };
+template <> struct Codecs<KV_F16> { static constexpr KVCodec k = KVC_F16, v = KVC_F16; };
+template <> struct Codecs<KV_INT8> { static constexpr KVCodec k = KVC_Q8, v = KVC_Q8; };
+template <> struct Codecs<KV_K8V4> { static constexpr KVCodec k = KVC_Q8, v = KVC_Q4; };
+
 // Row src[0..D) of shared memory into the cache at (layer, head, pos) of part (0: K, 1: V), by one
-// warp. The wide channels are zeroed in src (after being stored exactly), and a KVC_Q4H row is
-// rotated in place.
-__device__ void kv_store_row(const KVCache &kv, int part, int layer, int head, int pos, float *src) {
+// warp, in codec C (the cache's codec of that part). The wide channels are zeroed in src (after
+// being stored exactly), and a KVC_Q4H row is rotated in place.
+template <KVCodec C>
+__device__ void kv_store_row_c(const KVCache &kv, int part, int layer, int head, int pos, float *src) {
     const int D = kv.head_dim, lane = threadIdx.x & 31, n_wide = kv_part_wide(&kv, part);
-    const KVCodec c = kv_codec(&kv, part);
     uint8_t *data = kv_data_at(&kv, part, layer, head, pos), *aux = kv_aux_at(&kv, part, layer, head, pos);
     if (n_wide) {
         int ch = lane < n_wide ? kv_wide_at(&kv, part, layer, head)[lane] : -1;
-        if (lane < n_wide) ((float *)(aux + kv_wide_offset(c, D)))[lane] = ch >= 0 ? src[ch] : 0.0f;
+        if (lane < n_wide) ((float *)(aux + kv_wide_offset(C, D)))[lane] = ch >= 0 ? src[ch] : 0.0f;
         __syncwarp();
         if (ch >= 0) src[ch] = 0;
         __syncwarp();
     }
-    if (c == KVC_Q4H) {
+    if (C == KVC_Q4H) {
         for (int h = 1; h < D; h *= 2) {
             for (int i = lane; i < D / 2; i += 32) kv_hadamard_step(src, h, i);
             __syncwarp();
@@ -31,19 +38,33 @@ __device__ void kv_store_row(const KVCache &kv, int part, int layer, int head, i
     float x[8], lo = INFINITY, hi = -INFINITY;
     if (li < D / 8)
         for (int e = 0; e < 8; e++) x[e] = src[8 * li + e], lo = fminf(lo, x[e]), hi = fmaxf(hi, x[e]);
-    const int span = c == KVC_Q8 ? 32 : KV_GROUP / 8;  // lanes sharing the parameters: the row, or a group
-    for (int o = 1; o < span; o <<= 1) {
-        lo = fminf(lo, __shfl_xor_sync(0xffffffffu, lo, o));
-        hi = fmaxf(hi, __shfl_xor_sync(0xffffffffu, hi, o));
+    if (C == KVC_Q8 || C == KVC_Q4 || C == KVC_Q4H) {  // the parameters' extremes over the row (Q8) or the group
+        const int span = C == KVC_Q8 ? 32 : KV_GROUP / 8;
+        for (int o = 1; o < span; o <<= 1) {
+            lo = fminf(lo, __shfl_xor_sync(0xffffffffu, lo, o));
+            hi = fmaxf(hi, __shfl_xor_sync(0xffffffffu, hi, o));
+        }
     }
-    if (li < D / 8) kv_encode8(c, x, kv_params(c, lo, hi), data, aux, li);
+    if (li < D / 8) kv_encode8(C, x, kv_params(C, lo, hi), data, aux, li);
     __syncwarp();
 }
 
-// Chunk li of the row at (layer, head, pos) as 8 floats (without the wide channels' values).
-__device__ __forceinline__ void kv_read8(const KVCache &kv, int part, int layer, int head, int pos, int li, float *f) {
-    const KVCodec c = kv_codec(&kv, part);
-    kv_unpack8(c, kv_fetch8(c, kv_data_at(&kv, part, layer, head, pos), kv_aux_at(&kv, part, layer, head, pos), li), f);
+// The same with the codec of the cache's part known at run time (FMT < 0), or from a GPU format.
+template <int FMT>
+__device__ void kv_store_row(const KVCache &kv, int part, int layer, int head, int pos, float *src) {
+    if constexpr (FMT >= 0) {
+        if (part) kv_store_row_c<Codecs<FMT>::v>(kv, part, layer, head, pos, src);
+        else kv_store_row_c<Codecs<FMT>::k>(kv, part, layer, head, pos, src);
+        return;
+    } else {
+        switch (kv.codec[part]) {
+        case KVC_F16: kv_store_row_c<KVC_F16>(kv, part, layer, head, pos, src); break;
+        case KVC_Q8: kv_store_row_c<KVC_Q8>(kv, part, layer, head, pos, src); break;
+        case KVC_Q4: kv_store_row_c<KVC_Q4>(kv, part, layer, head, pos, src); break;
+        case KVC_Q4H: kv_store_row_c<KVC_Q4H>(kv, part, layer, head, pos, src); break;
+        default: kv_store_row_c<KVC_BF16>(kv, part, layer, head, pos, src); break;
+        }
+    }
 }
 
 // The wide channel slot s's stored value in a K row.

@@ -49,7 +49,7 @@ __global__ void kernel_qkv_finish(Dims d, const DevLayer *layers, int layer, con
     extern __shared__ float fs[];
     int warp = threadIdx.x >> 5, h = blockIdx.y * (blockDim.x >> 5) + warp, t = blockIdx.x;
     if (h >= d.NH || t >= T) return;
-    finish_head(d, layers[layer], inv_freq, kv, raw + (size_t)t * d.NQKV, h, layer, pos + t, q + (size_t)t * d.QD, fs + warp * d.D);
+    finish_head<-1>(d, layers[layer], inv_freq, kv, raw + (size_t)t * d.NQKV, h, layer, pos + t, q + (size_t)t * d.QD, fs + warp * d.D);
 }
 
 // gate/up [T][2I] -> SiLU(gate) * up [T][I] as bf16 hi/lo.
@@ -69,14 +69,16 @@ __global__ void kernel_silu(const float *gu, int I, int T, uint16_t *hi, uint16_
 #define PK 64
 
 // Rows k0 .. k0 + PK - 1 of part (0: K, 1: V) of kv head g as fp32 into KV[PK][D + 1] (0 past
-// n_keys), wide channels included; ends with a CTA barrier.
-template <int D>
-__device__ void load_tile(const KVCache &kv, int part, int layer, int g, int k0, int n_keys, float *KV) {
+// n_keys), wide channels included; ends with a CTA barrier. C: the part's codec.
+template <int D, KVCodec C>
+__device__ void load_tile_c(const KVCache &kv, int part, int layer, int g, int k0, int n_keys, float *KV) {
     constexpr int DP = D + 1;
+    const uint8_t *data = kv_data_at(&kv, part, layer, g, 0), *aux = kv_aux_at(&kv, part, layer, g, 0);
+    const size_t db = kv_data_bytes(C, D), ab = kv_aux_bytes(C, D, kv_part_wide(&kv, part));
     for (int i = threadIdx.x; i < PK * (D / 8); i += 256) {
         int r = i / (D / 8), li = i % (D / 8), j = k0 + r;
         float f[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-        if (j < n_keys) kv_read8(kv, part, layer, g, j, li, f);
+        if (j < n_keys) kv_unpack8(C, kv_fetch8(C, data + j * db, aux + j * ab, li), f);
 #pragma unroll
         for (int e = 0; e < 8; e++) KV[r * DP + li * 8 + e] = f[e];
     }
@@ -90,6 +92,17 @@ __device__ void load_tile(const KVCache &kv, int part, int layer, int g, int k0,
     }
     __syncthreads();
 }
+
+template <int D>
+__device__ void load_tile(const KVCache &kv, int part, int layer, int g, int k0, int n_keys, float *KV) {
+    switch (kv.codec[part]) {
+    case KVC_F16: load_tile_c<D, KVC_F16>(kv, part, layer, g, k0, n_keys, KV); break;
+    case KVC_Q8: load_tile_c<D, KVC_Q8>(kv, part, layer, g, k0, n_keys, KV); break;
+    case KVC_Q4: load_tile_c<D, KVC_Q4>(kv, part, layer, g, k0, n_keys, KV); break;
+    default: load_tile_c<D, KVC_BF16>(kv, part, layer, g, k0, n_keys, KV); break;
+    }
+}
+
 template <int D>
 __global__ void __launch_bounds__(256) kernel_attn_prefill(Dims d, const float *q, const KVCache kv, int layer, int pos, int T,
                                                            uint16_t *out_hi, uint16_t *out_lo) {

@@ -6,7 +6,8 @@
 // One head of the QKV output, by one warp: bias, then for q and k the per-head RMSNorm (Qwen3) and
 // RoPE; q goes to q_out (fp32), k and v into the cache at pos in its format. raw: the token's [NQKV]
 // projections; scratch: D floats of shared memory for this warp. Shared by the decode kernel and the
-// prefill path.
+// prefill path. FMT: the cache's format (a GPU format), or -1 for the one in kv.
+template <int FMT>
 __device__ void finish_head(const Dims &d, const DevLayer &w, const float *inv_freq, const KVCache &kv, const float *raw, int h,
                             int layer, int pos, float *q_out, float *scratch) {
     const int D = d.D, lane = threadIdx.x & 31;
@@ -15,7 +16,7 @@ __device__ void finish_head(const Dims &d, const DevLayer &w, const float *inv_f
     __syncwarp();
     int kind = h < d.Hq ? 0 : h < d.Hq + d.Hkv ? 1 : 2;
     if (kind == 2) {
-        kv_store_row(kv, 1, layer, h - d.Hq - d.Hkv, pos, scratch);
+        kv_store_row<FMT>(kv, 1, layer, h - d.Hq - d.Hkv, pos, scratch);
         return;
     }
     const float *nw = kind == 0 ? w.q_norm : w.k_norm;
@@ -43,7 +44,7 @@ __device__ void finish_head(const Dims &d, const DevLayer &w, const float *inv_f
         }
     }
     __syncwarp();
-    if (kind == 1) kv_store_row(kv, 0, layer, h - d.Hq, pos, scratch);
+    if (kind == 1) kv_store_row<FMT>(kv, 0, layer, h - d.Hq, pos, scratch);
 }
 
 #endif

@@ -199,7 +199,7 @@ static void test_stages(const char *name, const Model *m, const int *ids, int n,
     RefState *s = ref_create(m, n, cap);
     KVCache kv;
     int16_t *wide;
-    int n_wide = kv_wide_channels(m, &wide);
+    int n_wide = kv_wide_channels(m, kvf, &wide);
     kv_init(&kv, c, cap, kvf, n_wide, wide);
     free(wide);
     Capture capt = {H, xcalloc((size_t)L * 2, sizeof(float *))};
@@ -316,13 +316,26 @@ static void test_forwards(const char *name, const Model *m, const Model *orig, c
     }
     pre->forward(pre, ids, N, 0, gp, 1);
     dec->forward(dec, ids, N, 0, gd, 1);
+    // A quantized format's rounding can land on the other side of a step where the GPU's K or V differ
+    // from the reference's in the last bits (the prefill's hi/lo GEMMs keep ~16 mantissa bits): the
+    // GPU may be off the reference by up to half the format's own error against f32 KV.
+    double limit = 1e-4;
+    if (kv_formats[kvf].k == KVC_Q8 || kv_formats[kvf].v == KVC_Q4) {
+        Engine *exact = ref_engine_create(m, N, KV_F32, 64);
+        exact->forward(exact, ids, N, 0, gd2, 1);
+        exact->free(exact);
+        Agree fe = {0};
+        for (int t = 0; t < N; t++) agree_row(&fe, gd2 + (size_t)t * V, ref + (size_t)t * V, V);
+        if (fe.kld / fe.rows / 2 > limit) limit = fe.kld / fe.rows / 2;
+        printf("info %s %s: reference with %s KV vs f32 KV: mean KLD %.2e, top-1 %d/%d\n", name, fmt, fmt, fe.kld / fe.rows, fe.top1, fe.rows);
+    }
     Agree ap = {0}, ad = {0};
     for (int t = 0; t < N; t++) agree_row(&ap, ref + (size_t)t * V, gp + (size_t)t * V, V);
     for (int t = 0; t < N; t++) agree_row(&ad, ref + (size_t)t * V, gd + (size_t)t * V, V);
-    check(ap.kld / ap.rows <= 1e-4 && ap.top1_decided == ap.decided,
+    check(ap.kld / ap.rows <= limit && ap.top1_decided == ap.decided,
           "%s %s prefill (-b 64) %d tokens: mean KLD %.2e, top-1 %d/%d (decided %d/%d), max|diff| %.2e", name, fmt, N,
           ap.kld / ap.rows, ap.top1, ap.rows, ap.top1_decided, ap.decided, ap.max_diff);
-    check(ad.kld / ad.rows <= 1e-4 && ad.top1_decided == ad.decided,
+    check(ad.kld / ad.rows <= limit && ad.top1_decided == ad.decided,
           "%s %s decode (-b 1) %d teacher-forced steps: mean KLD %.2e, top-1 %d/%d (decided %d/%d), max|diff| %.2e", name, fmt, N,
           ad.kld / ad.rows, ad.top1, ad.rows, ad.top1_decided, ad.decided, ad.max_diff);
     // Repeatability, and the wo_split sweep on the decode kernel. Across splits only the order of fp32
@@ -443,15 +456,17 @@ static int load_hf(const char *path, HfLogits *h) {
 // compared with transformers' fp32 logits (the check), and with its logits over bf16-rounded K/V
 // (hf_logits_kvbf16.bin, where present: the engine's own error, apart from the cache format's).
 // Agreement limits against transformers' fp32 logits, per KV format: mean KLD, the share of top-1
-// kept, and whether every decided top-1 must be kept (bf16's own limits hold on Qwen3 only).
+// kept, and whether every decided top-1 must be kept. The model's default format (kv_default) must
+// meet the strictest: KLD <= 1e-4 and every decided top-1.
 typedef struct {
     KVFormat f;
     double kld, top1;
     int all_decided;
 } HfLimit;
 static const HfLimit hf_limits[] = {
-    {KV_BF16, 1e-3, 0.97, 0}, {KV_F16, 1e-4, 0.995, 1}, {KV_INT8, 1e-3, 0.99, 0}, {KV_K8V4, 5e-3, 0.97, 0},
+    {KV_BF16, 1e-2, 0.97, 0}, {KV_F16, 1e-4, 0.995, 1}, {KV_INT8, 1e-3, 0.99, 0}, {KV_K8V4, 5e-3, 0.97, 0},
 };
+static const HfLimit hf_default_limit = {KV_BF16, 1e-4, 0.995, 1};
 
 // The GPU engine over transformers' sequence, in every GPU KV format: prefill up to the stored rows,
 // then the stored prefill rows in one chunk, then the last rows / 2 positions one token at a time
@@ -473,14 +488,15 @@ static void test_hf(const char *dir) {
     Model m;
     model_load(&m, dir);
     if (m.cfg.vocab != V) fatal("%s: vocab %d, hf_logits.bin %d", dir, m.cfg.vocab, V);
-    int16_t *wide;
-    int n_wide = kv_wide_channels(&m, &wide);
-    free(wide);
     int dstart = N - rows / 2;  // the last rows / 2 positions go through the decode kernel one by one
     float *lg = xmalloc((size_t)(dstart - first) * V * 4);
+    KVFormat fdefault = kv_default(&m.cfg);
     for (size_t li = 0; li < sizeof hf_limits / sizeof hf_limits[0]; li++) {
-        const HfLimit *lim = &hf_limits[li];
-        const char *fmt = kv_format_name(lim->f);
+        HfLimit lim_f = hf_limits[li];
+        if (lim_f.f == fdefault) lim_f.kld = hf_default_limit.kld, lim_f.top1 = hf_default_limit.top1, lim_f.all_decided = 1;
+        const HfLimit *lim = &lim_f;
+        char fmt[32];
+        snprintf(fmt, sizeof fmt, "%s%s", kv_format_name(lim->f), lim->f == fdefault ? " (default)" : "");
         char why[512];
         double t0 = now_s();
         Engine *e = cuda_engine_create(&m, N, lim->f, 256, 0, why, sizeof why);
@@ -509,7 +525,7 @@ static void test_hf(const char *dir) {
               "%s %s KV vs transformers, %d teacher-forced decode steps at %d..%d: mean KLD %.2e, top-1 %d/%d, decided %d/%d, "
               "max|diff| %.2e (load %.1f s)",
               dir, fmt, N - dstart, dstart, N - 1, ad.kld / ad.rows, ad.top1, ad.rows, ad.top1_decided, ad.decided, ad.max_diff, t_load);
-        if (have_kv && lim->f == KV_BF16 && !n_wide)
+        if (have_kv && lim->f == KV_BF16)
             check(kp.kld / kp.rows <= 1e-4 && kp.top1_decided == kp.decided && kd.kld / kd.rows <= 1e-4 && kd.top1_decided == kd.decided,
                   "%s vs transformers with bf16-rounded K/V: prefill mean KLD %.2e, top-1 %d/%d, max|diff| %.2e; decode mean KLD %.2e, "
                   "top-1 %d/%d, max|diff| %.2e",
@@ -680,14 +696,14 @@ static void test_tiny_model(void) {
         o += (size_t)snprintf(want_ids + o, sizeof want_ids - o, "%s%d", o ? " " : "", (int)id->num);
     snprintf(args, sizeof args, "-p '%s' --raw --temp 0 --repeat-penalty 1 -n 24 --print-ids", json_get(j, g, "prompt")->str);
     char *out = run_nano_gpu(args);
-    check(strstr(out, want_ids) && strstr(out, "| cuda, bf16 KV"), "tiny model on the GPU: greedy ids = transformers' [%s]", want_ids);
+    check(strstr(out, want_ids) && strstr(out, "| cuda, f16 KV"), "tiny model on the GPU: greedy ids = transformers' [%s]", want_ids);
     snprintf(args, sizeof args, "--perplexity tests/fixtures/tiny_ppl/heldout.txt -c %d --stride %d",
              (int)json_get(j, f.root, "ctx")->num, (int)json_get(j, f.root, "stride")->num);
     out = run_nano_gpu(args);
     double ppl = 0;
     const char *line = strstr(out, "perplexity: ");
     if (line) sscanf(line, "perplexity: %lf", &ppl);
-    check(fabs(ppl / want_ppl - 1) < 5e-3 && strstr(out, "| cuda, bf16 KV"), "tiny model on the GPU: held-out perplexity %.4f, transformers %.4f",
+    check(fabs(ppl / want_ppl - 1) < 5e-3 && strstr(out, "| cuda, f16 KV"), "tiny model on the GPU: held-out perplexity %.4f, transformers %.4f",
           ppl, want_ppl);
     json_file_close(&f);
 }
