@@ -16,8 +16,8 @@ NVFLAGS   = -O2 -std=c++17 -Xcompiler -Wall,-Wextra,-Werror $(foreach a,$(CUARCH
 LDLIBS    = -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcublas -lcudart_static -ldl -lpthread -lrt -lstdc++ -lm
 SAN       = -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer -g
 
-HOST_SRC  = nano.c model.c json.c ref.c tokenizer.c sampler.c unicode.c unicode_data.c
-LIB_SRC   = model.c json.c ref.c tokenizer.c sampler.c unicode.c unicode_data.c   # everything but main(), for the tests
+HOST_SRC  = nano.c files.c model.c json.c ref.c tokenizer.c sampler.c unicode.c unicode_data.c
+LIB_SRC   = files.c model.c json.c ref.c tokenizer.c sampler.c unicode.c unicode_data.c   # everything but main(), for the tests
 
 TEST_SRC  = tests/test_nano.c tests/test_unicode.c tests/test_tokenizer.c tests/test_modes.c
 
@@ -60,8 +60,8 @@ test-gpu: nano build/test_gpu
 	build/test_gpu
 
 # libFuzzer targets for the JSON and safetensors parsers (needs clang); each runs FUZZ_SECONDS.
-build/fuzz_%: tests/fuzz/fuzz_%.c json.c model.c nano.h | build
-	clang -g -O1 -std=c11 -D_GNU_SOURCE -I. -I$(STB_INC) -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all $< json.c model.c -lm -o $@
+build/fuzz_%: tests/fuzz/fuzz_%.c files.c json.c model.c nano.h | build
+	clang -g -O1 -std=c11 -D_GNU_SOURCE -I. -I$(STB_INC) -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all $< files.c json.c model.c -lm -o $@
 fuzz: build/fuzz_json build/fuzz_safetensors
 	for t in json safetensors; do mkdir -p build/corpus_$$t && build/fuzz_$$t -max_len=8192 -max_total_time=$(FUZZ_SECONDS) build/corpus_$$t || exit 1; done
 

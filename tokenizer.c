@@ -738,8 +738,8 @@ static char *read_template(const char *dir, char **bos) {
     if (!tmpl) {
         path = path_join(dir, "chat_template.jinja");
         size_t len;
-        tmpl = read_file(path, &len);
-        if (!tmpl && errno != ENOENT) fatal("%s: %s", path, file_error());
+        tmpl = read_file(path, READ_ANY_SIZE, &len);
+        if (!tmpl && (errno != ENOENT || is_link(path))) fatal("%s: %s", path, file_error(path));
         free(path);
     }
     return tmpl;

@@ -201,7 +201,7 @@ static void test_safetensors(void) {
     const char *path = tmp_path("unit.safetensors");
     size_t size = write_st(path, ok, 3, 0, 0);
     size_t len;
-    uint8_t *buf = (uint8_t *)read_file(path, &len);
+    uint8_t *buf = (uint8_t *)read_file(path, READ_ANY_SIZE, &len);
     SafeTensors st = {0};
     char err[512] = "";
     int rc = st_parse(&st, buf, size, path, err, sizeof err);
@@ -226,7 +226,7 @@ static void test_safetensors(void) {
     };
     for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
         size = write_st(path, bad[i].s, bad[i].n, bad[i].extra, bad[i].hextra);
-        buf = (uint8_t *)read_file(path, &len);
+        buf = (uint8_t *)read_file(path, READ_ANY_SIZE, &len);
         memset(&st, 0, sizeof st);
         err[0] = 0;
         rc = st_parse(&st, buf, size, path, err, sizeof err);
@@ -255,7 +255,7 @@ void run_free(Run *r) {
 
 char *slurp(const char *path) {
     size_t len;
-    char *s = read_file(path, &len);
+    char *s = read_file(path, READ_ANY_SIZE, &len);
     return s ? s : calloc(1, 1);
 }
 
@@ -545,7 +545,7 @@ static void check_fixture(const char *nano, const char *dir, const char *name, c
                     "--dump-logits", (char *)dump, "--kv", (char *)kv, "-b", (char *)batch, "--ref", NULL};
     Run r = run(argv, 0);
     size_t len = 0;
-    float *got = (float *)read_file(dump, &len);
+    float *got = (float *)read_file(dump, READ_ANY_SIZE, &len);
     int mismatch = -1;
     double rel = -1;
     if (r.status == 0 && got && len == 4 * (size_t)g->n_prompt * g->vocab) rel = compare_logits(g, got, tol, &mismatch);

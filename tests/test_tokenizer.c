@@ -173,7 +173,7 @@ static void test_chat(void) {
     // The golden file is a JSON array, so it is parsed here rather than through json_file_open.
     JsonFile f = {"tests/tokenizer/chat_golden.json", {0}, NULL};
     size_t len;
-    char *text = read_file(f.path, &len);
+    char *text = read_file(f.path, READ_ANY_SIZE, &len);
     if (!text || json_parse(&f.json, text, len)) {
         check(0, "%s: missing or not JSON", f.path);
         free(text);
