@@ -467,7 +467,7 @@ static Finish session_generate(Session *s, int n_predict, Sink *out, GenStats *s
 
 // Like llama.cpp's timings: load, prompt and generation speed, on stderr after every generation.
 static void print_timings(const Session *s, const GenStats *st) {
-    fflush(stdout);  // the reply first, when both go to one place
+    out_check(stdout, "stdout");  // the reply first, when both go to one place
     fprintf(stderr, "nano: load %.0f ms | prompt %d tok, %.1f ms, %.2f tok/s | generated %d tok, %.1f ms, %.2f tok/s | %s, %s KV\n",
             s->load_s * 1e3, st->n_prompt, st->prompt_s * 1e3, st->prompt_s > 0 ? st->n_prompt / st->prompt_s : 0.0, st->n_gen,
             st->gen_s * 1e3, st->gen_s > 0 && st->n_gen > 1 ? (st->n_gen - 1) / st->gen_s : 0.0, s->engine->name,
@@ -617,6 +617,7 @@ static void tokenize_mode(const Options *o) {
     if (!ids) fatal("%s: %s", o->tokenize ? "--tokenize" : o->tokenize_file, err);
     for (int i = 0; i < n; i++) printf("%s%d", i ? " " : "", ids[i]);
     printf("\n");
+    out_check(stdout, "stdout");
     if (o->tokenize_file)
         fprintf(stderr, "nano: %zu bytes -> %d ids in %.1f ms (%.1f MB/s)\n", len, n, dt * 1e3, dt > 0 ? len / dt / 1e6 : 0.0);
     free(ids);
@@ -1050,6 +1051,7 @@ static void perplexity_mode(Session *s, const Options *o) {
     double dt = now_seconds() - t0;
     printf("perplexity: %.4f over %d scored tokens of %d (ctx %d, stride %d), mean nll %.6f\n", exp(nll / scored), scored, n, C, S,
            nll / scored);
+    out_check(stdout, "stdout");
     fprintf(stderr, "nano: perplexity took %.1f s, %.1f tok/s | %s, %s KV\n", dt, dt > 0 ? scored / dt : 0.0, s->engine->name,
             kv_format_name(o->kv));
     free(logits);
