@@ -16,10 +16,10 @@ NVFLAGS   = -O2 -std=c++17 -Xcompiler -Wall,-Wextra,-Werror $(foreach a,$(CUARCH
 LDLIBS    = -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcublas -lcudart_static -ldl -lpthread -lrt -lstdc++ -lm
 SAN       = -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer -g
 
-HOST_SRC  = nano.c model.c json.c kv.c ref.c check.c tokenizer.c sampler.c unicode.c unicode_data.c
-LIB_SRC   = model.c json.c kv.c ref.c check.c tokenizer.c sampler.c unicode.c unicode_data.c   # everything but main(), for the tests
+HOST_SRC  = nano.c files.c model.c json.c kv.c ref.c check.c tokenizer.c sampler.c unicode.c unicode_data.c
+LIB_SRC   = files.c model.c json.c kv.c ref.c check.c tokenizer.c sampler.c unicode.c unicode_data.c   # everything but main(), for the tests
 
-TEST_SRC  = tests/test_nano.c tests/test_unicode.c tests/test_tokenizer.c tests/test_modes.c
+TEST_SRC  = tests/test_nano.c tests/test_unicode.c tests/test_tokenizer.c tests/test_modes.c tests/test_files.c
 
 FUZZ_SECONDS ?= 60
 
@@ -59,11 +59,15 @@ build/test_gpu: build/tests/test_gpu.o $(patsubst %.c,build/%.o,$(filter-out ref
 test-gpu: nano build/test_gpu
 	build/test_gpu
 
-# libFuzzer targets for the JSON and safetensors parsers (needs clang); each runs FUZZ_SECONDS.
-build/fuzz_%: tests/fuzz/fuzz_%.c json.c model.c nano.h | build
-	clang -g -O1 -std=c11 -D_GNU_SOURCE -I. -I$(STB_INC) -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all $< json.c model.c -lm -o $@
-fuzz: build/fuzz_json build/fuzz_safetensors
-	for t in json safetensors; do mkdir -p build/corpus_$$t && build/fuzz_$$t -max_len=8192 -max_total_time=$(FUZZ_SECONDS) build/corpus_$$t || exit 1; done
+# libFuzzer targets (needs clang): the JSON and safetensors parsers and encode() on arbitrary bytes,
+# each started from its seeds in tests/fuzz/seeds and run for FUZZ_SECONDS.
+FUZZ_TARGETS = json safetensors encode
+FUZZ_SRC     = files.c json.c model.c tokenizer.c unicode.c unicode_data.c
+build/fuzz_%: tests/fuzz/fuzz_%.c $(FUZZ_SRC) nano.h | build
+	clang -g -O1 -std=c11 -D_GNU_SOURCE -I. -I$(STB_INC) -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all $< $(FUZZ_SRC) -lm -o $@
+fuzz: $(FUZZ_TARGETS:%=build/fuzz_%)
+	for t in $(FUZZ_TARGETS); do mkdir -p build/corpus_$$t && build/fuzz_$$t -max_len=8192 -max_total_time=$(FUZZ_SECONDS) \
+		$$( [ -f tests/fuzz/seeds/$$t.dict ] && echo -dict=tests/fuzz/seeds/$$t.dict ) build/corpus_$$t tests/fuzz/seeds/$$t || exit 1; done
 
 clean:
 	rm -rf build nano

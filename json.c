@@ -304,6 +304,8 @@ int json_parse(Json *j, const char *src, size_t len) {
         return -1;
     }
     Parser p = {j, src, len, 0};
+    // RFC 8259 forbids it and Python's json refuses it; name it rather than an "unexpected character".
+    if (len >= 3 && !memcmp(src, "\xEF\xBB\xBF", 3)) return perr(&p, "a UTF-8 byte order mark (EF BB BF) before the JSON text; remove it");
     if (parse_value(&p, 0) < 0) return -1;
     skip_ws(&p);
     if (p.pos != len) return perr(&p, "trailing characters after the JSON value");

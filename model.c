@@ -2,7 +2,9 @@
 // shards + index) memory-mapped -> tensors bound by name, dtype and shape into Model.
 #include <errno.h>
 #include <fcntl.h>
+#include <dirent.h>
 #include <math.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -55,47 +57,6 @@ void *xcalloc(size_t count, size_t size) {
 #define PREFETCH_PROGRESS_BYTES (256u << 20)  // smaller checkpoints load too fast to need a progress line
 #define MAX_JSON_FILE (64u << 20)  // config and index files are kilobytes; refuse anything absurd
 
-// Opens a regular file for reading; O_NONBLOCK keeps a FIFO planted in the model directory from
-// hanging the open. -1 with errno set otherwise.
-static int open_regular(const char *path, struct stat *sb) {
-    int fd = open(path, O_RDONLY | O_NONBLOCK);
-    if (fd < 0) return -1;
-    int bad = fstat(fd, sb) != 0 ? EIO : S_ISDIR(sb->st_mode) ? EISDIR : !S_ISREG(sb->st_mode) ? EINVAL : 0;
-    if (bad) {
-        close(fd);
-        errno = bad;
-        return -1;
-    }
-    return fd;
-}
-
-const char *file_error(void) { return errno == EINVAL ? "not a regular file" : strerror(errno); }
-
-char *read_file(const char *path, size_t *len) {
-    struct stat sb;
-    int fd = open_regular(path, &sb);
-    if (fd < 0) return NULL;
-    FILE *f = (size_t)sb.st_size > MAX_JSON_FILE ? NULL : fdopen(fd, "rb");
-    if (!f) {
-        close(fd);
-        errno = EFBIG;
-        return NULL;
-    }
-    char *buf = xmalloc((size_t)sb.st_size + 1);
-    size_t n = fread(buf, 1, (size_t)sb.st_size, f);
-    fclose(f);
-    buf[n] = 0;
-    *len = n;
-    return buf;
-}
-
-char *path_join(const char *dir, const char *name) {
-    size_t n = strlen(dir) + strlen(name) + 2;
-    char *p = xmalloc(n);
-    snprintf(p, n, "%s/%s", dir, name);
-    return p;
-}
-
 // ---------------------------------------------------------------------------------------------
 // Weights as fp32 (bf16/f16 conversions: half.h)
 
@@ -147,10 +108,10 @@ static int cmp_by_offset(const void *a, const void *b) {
     return x->data < y->data ? -1 : x->data > y->data ? 1 : (x->nbytes > y->nbytes) - (x->nbytes < y->nbytes);
 }
 
-// A non-negative integer JSON value that fits in 2^53; -1 otherwise.
+// A non-negative integer JSON value that fits in 2^53; -2 for a larger integer, -1 for anything else.
 static int64_t json_index(const JsonNode *n) {
-    if (!n || n->type != JSON_NUMBER || !n->is_integer || n->num < 0 || n->num > 9007199254740992.0) return -1;
-    return (int64_t)n->num;
+    if (!n || n->type != JSON_NUMBER || !n->is_integer || n->num < 0) return -1;
+    return n->num > 9007199254740992.0 ? -2 : (int64_t)n->num;
 }
 
 int st_parse(SafeTensors *st, const uint8_t *buf, size_t size, const char *path, char *err, size_t errlen) {
@@ -204,12 +165,15 @@ int st_parse(SafeTensors *st, const uint8_t *buf, size_t size, const char *path,
         t->ndim = 0;
         for (const JsonNode *d = json_first(&st->header, shape); d; d = json_next(&st->header, d)) {
             int64_t v = json_index(d);
+            if (v == -2) return error_into(err, errlen, "%s: tensor '%s': shape entry beyond 2^53", path, n->key);
             if (v < 0) return error_into(err, errlen, "%s: tensor '%s': shape entries must be non-negative integers", path, n->key);
             t->shape[t->ndim++] = v;
             if (v && numel > UINT64_MAX / (uint64_t)v) overflow = 1;
             numel *= (uint64_t)v;
         }
         int64_t begin = json_index(json_first(&st->header, offs)), end = json_index(json_next(&st->header, json_first(&st->header, offs)));
+        if (begin == -2 || end == -2)
+            return error_into(err, errlen, "%s: tensor '%s': data_offsets beyond 2^53 bytes, more than any file holds", path, n->key);
         if (begin < 0 || end < 0 || end < begin)
             return error_into(err, errlen, "%s: tensor '%s': data_offsets must be two non-negative integers with begin <= end", path, n->key);
         if ((uint64_t)end > data_size)
@@ -246,7 +210,47 @@ int st_parse(SafeTensors *st, const uint8_t *buf, size_t size, const char *path,
     return 0;
 }
 
+// A mapped file that shrinks under the running process turns reads past its new end into SIGBUS; the
+// handler names the file from the faulting address and exits like any other error.
+static struct {
+    const char *path;
+    const uint8_t *lo, *hi;
+} *mapped;
+static int n_mapped;
+
+static void on_sigbus(int sig, siginfo_t *si, void *uctx) {
+    (void)sig, (void)uctx;
+    const char *path = "a memory-mapped model file";
+    for (int i = 0; i < n_mapped; i++)
+        if ((const uint8_t *)si->si_addr >= mapped[i].lo && (const uint8_t *)si->si_addr < mapped[i].hi) path = mapped[i].path;
+    const char *parts[] = {"nano: ", path, ": the file shrank while nano was reading it (replaced or truncated under the running process)\n"};
+    for (int i = 0; i < 3; i++)
+        if (write(2, parts[i], strlen(parts[i])) < 0) break;
+    _exit(1);
+}
+
+static void watch_mapping(const char *path, const void *map, size_t size) {
+    if (!mapped) {
+        struct sigaction sa = {0};
+        sa.sa_sigaction = on_sigbus;
+        sa.sa_flags = SA_SIGINFO;
+        sigaction(SIGBUS, &sa, NULL);
+    }
+    void *grown = realloc(mapped, (size_t)(n_mapped + 1) * sizeof *mapped);
+    if (!grown) fatal("out of memory");
+    mapped = grown;
+    mapped[n_mapped].path = path;
+    mapped[n_mapped].lo = map;
+    mapped[n_mapped++].hi = (const uint8_t *)map + size;
+}
+
+static void unwatch_mapping(const void *map) {
+    for (int i = 0; i < n_mapped; i++)
+        if (mapped[i].lo == map) mapped[i] = mapped[--n_mapped];
+}
+
 void st_free(SafeTensors *st) {
+    if (st->map) unwatch_mapping(st->map);
     json_free(&st->header);
     free(st->tensors);
     if (st->map) munmap(st->map, st->size);
@@ -260,13 +264,14 @@ static void st_open(SafeTensors *st, const char *path) {
     st->path = path;
     struct stat sb;
     int fd = open_regular(path, &sb);
-    if (fd < 0) fatal("%s: %s", path, file_error());
+    if (fd < 0) fatal("%s: %s", path, file_error(path));
     st->size = (size_t)sb.st_size;
     if (st->size < 8) fatal("%s: file is %zu bytes, too short for a safetensors header", path, st->size);
     void *map = mmap(NULL, st->size, PROT_READ, MAP_PRIVATE, fd, 0);
     close(fd);
     if (map == MAP_FAILED) fatal("%s: mmap failed: %s", path, strerror(errno));
     st->map = map;
+    watch_mapping(path, map, st->size);
     char err[512] = {0};
     if (st_parse(st, st->map, st->size, path, err, sizeof err)) fatal("%s", err);
 }
@@ -276,11 +281,12 @@ static void st_open(SafeTensors *st, const char *path) {
 
 int json_file_open(JsonFile *f, const char *path, int required) {
     size_t len = 0;
-    char *text = read_file(path, &len);
+    char *text = read_file(path, MAX_JSON_FILE, &len);
     f->path = path;
     if (!text) {
-        if (errno == ENOENT && !required) return 0;
-        fatal("%s: %s", path, file_error());
+        if (errno == ENOENT && !required && !is_link(path)) return 0;
+        if (errno == EFBIG) fatal("%s: larger than %u MB; the JSON files of a checkpoint are far smaller", path, MAX_JSON_FILE >> 20);
+        fatal("%s: %s", path, file_error(path));
     }
     if (json_parse(&f->json, text, len)) fatal("%s: bad JSON: %s", path, f->json.err);
     free(text);
@@ -396,7 +402,8 @@ static void parse_config(Config *c, const char *dir) {
     memset(c, 0, sizeof *c);
 
     const JsonNode *mt = cfg_find(&f, f.root, "model_type");
-    if (!mt || mt->type != JSON_STRING) fatal("%s: missing 'model_type' (expected \"qwen2\" or \"qwen3\")", path);
+    if (!mt) fatal("%s: missing 'model_type' (expected \"qwen2\" or \"qwen3\")", path);
+    if (mt->type != JSON_STRING) fatal("%s: 'model_type' must be a string (\"qwen2\" or \"qwen3\")", path);
     if (strcmp(mt->str, "qwen2") == 0) c->family = FAMILY_QWEN2;
     else if (strcmp(mt->str, "qwen3") == 0) c->family = FAMILY_QWEN3;
     else fatal("%s: unsupported model_type '%s' (expected qwen2 or qwen3)", path, mt->str);
@@ -528,7 +535,7 @@ static void add_tensors(Model *m, const SafeTensors *st, TensorMapEntry **map) {
 // model.safetensors if present (transformers looks for it first), else the shards of the index.
 static void open_shards(Model *m, const char *dir, TensorMapEntry **map) {
     char *single = path_join(dir, "model.safetensors");
-    if (access(single, F_OK) == 0) {
+    if (access(single, F_OK) == 0 || is_link(single)) {  // a broken link is reported by st_open, not passed over
         m->n_shards = 1;
         m->shards = xcalloc(1, sizeof *m->shards);
         st_open(&m->shards[0], single);
@@ -570,11 +577,41 @@ static void open_shards(Model *m, const char *dir, TensorMapEntry **map) {
     free(index_path);
 }
 
+// -m names a checkpoint directory as downloaded; the usual mistakes get a hint: a GGUF file, or the
+// root of a Hub cache entry (models--org--name) where one of its snapshots is meant.
+void model_dir_check(const char *dir) {
+    struct stat sb;
+    if (stat(dir, &sb) != 0) fatal("model directory %s: %s", dir, file_error(dir));
+    if (!S_ISDIR(sb.st_mode)) {
+        char magic[4] = {0};
+        int fd = open(dir, O_RDONLY | O_NONBLOCK);
+        if (fd >= 0 && read(fd, magic, 4) < 0) magic[0] = 0;
+        if (fd >= 0) close(fd);
+        size_t n = strlen(dir);
+        if (!memcmp(magic, "GGUF", 4) || (n > 5 && !strcmp(dir + n - 5, ".gguf")))
+            fatal("model directory %s: a GGUF file; nano reads Hugging Face checkpoint directories (config.json and "
+                  "*.safetensors), e.g. from huggingface-cli download", dir);
+        fatal("model directory %s: not a directory", dir);
+    }
+    char *config = path_join(dir, "config.json"), *snapshots = path_join(dir, "snapshots");
+    DIR *d = access(config, F_OK) != 0 && !is_link(config) ? opendir(snapshots) : NULL;
+    if (d) {
+        const char *hash = "<hash>";
+        for (struct dirent *e; (e = readdir(d));)
+            if (e->d_name[0] != '.') {
+                hash = e->d_name;
+                break;
+            }
+        fatal("model directory %s: the root of a Hugging Face cache entry; pass one of its snapshots, e.g. %s/snapshots/%s",
+              dir, dir, hash);
+    }
+    free(config);
+    free(snapshots);
+}
+
 void model_load(Model *m, const char *dir) {
     memset(m, 0, sizeof *m);
-    struct stat sb;
-    if (stat(dir, &sb) != 0) fatal("model directory %s: %s", dir, strerror(errno));
-    if (!S_ISDIR(sb.st_mode)) fatal("model directory %s: not a directory", dir);
+    model_dir_check(dir);
     parse_config(&m->cfg, dir);
     const Config *c = &m->cfg;
 

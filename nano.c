@@ -1,11 +1,14 @@
 // nano: the command line and its modes — one prompt, interactive chat, a batch file, perplexity,
 // tokenizing — on top of one generation loop over an Engine.
+#include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <math.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -98,7 +101,14 @@ static void usage(FILE *out) {
             DEFAULT_N_PREDICT, DEFAULT_CTX, DEFAULT_BATCH);
 }
 
+// The value after a flag; NULL when the flag was the last argument.
+static const char *need(const char *flag, const char *v) {
+    if (!v) fatal("%s: missing value", flag);
+    return v;
+}
+
 static long parse_long(const char *flag, const char *s, long lo, long hi) {
+    need(flag, s);
     char *end;
     errno = 0;
     long v = strtol(s, &end, 10);
@@ -107,6 +117,7 @@ static long parse_long(const char *flag, const char *s, long lo, long hi) {
 }
 
 static float parse_float(const char *flag, const char *s, float lo, float hi) {
+    need(flag, s);
     char *end;
     double v = strtod(s, &end);  // range errors are left to the bounds: a tiny value underflowing to 0 is fine
     if (end == s || *end || !(v >= lo && v <= hi)) fatal("%s: expected a number in [%g, %g], got '%s'", flag, lo, hi, s);
@@ -140,18 +151,17 @@ static void parse_args(Options *o, int argc, char **argv) {
         else if (!strcmp(a, "--no-think")) o->think = 0;
         else {
             if (a[0] != '-') fatal("unexpected argument '%s' (see --help)", a);
-            if (i + 1 >= argc) fatal("%s: missing value", a);
-            const char *v = argv[++i];
-            if (is_flag(a, "-m", "--model")) o->model_dir = v;
-            else if (is_flag(a, "-p", "--prompt")) o->prompt = v;
-            else if (!strcmp(a, "--prompt-ids")) o->prompt_ids = v;
-            else if (is_flag(a, "-f", "--file")) o->file = v;
-            else if (is_flag(a, "-o", "--output")) o->out = v;
-            else if (!strcmp(a, "--perplexity")) o->perplexity = v;
-            else if (!strcmp(a, "--tokenize")) o->tokenize = v;
-            else if (!strcmp(a, "--tokenize-file")) o->tokenize_file = v;
-            else if (!strcmp(a, "--dump-logits")) o->dump_logits = v;
-            else if (!strcmp(a, "--system")) o->system = v;
+            const char *v = argv[i + 1];  // NULL after the last argument; an unknown flag is named first
+            if (is_flag(a, "-m", "--model")) o->model_dir = need(a, v);
+            else if (is_flag(a, "-p", "--prompt")) o->prompt = need(a, v);
+            else if (!strcmp(a, "--prompt-ids")) o->prompt_ids = need(a, v);
+            else if (is_flag(a, "-f", "--file")) o->file = need(a, v);
+            else if (is_flag(a, "-o", "--output")) o->out = need(a, v);
+            else if (!strcmp(a, "--perplexity")) o->perplexity = need(a, v);
+            else if (!strcmp(a, "--tokenize")) o->tokenize = need(a, v);
+            else if (!strcmp(a, "--tokenize-file")) o->tokenize_file = need(a, v);
+            else if (!strcmp(a, "--dump-logits")) o->dump_logits = need(a, v);
+            else if (!strcmp(a, "--system")) o->system = need(a, v);
             else if (is_flag(a, "-n", "--n-predict")) o->n_predict = (int)parse_long(a, v, 0, 1 << 30);
             else if (is_flag(a, "-c", "--ctx")) o->ctx = (int)parse_long(a, v, 1, 1 << 24);
             else if (!strcmp(a, "--stride")) o->stride = (int)parse_long(a, v, 1, 1 << 24);
@@ -166,8 +176,9 @@ static void parse_args(Options *o, int argc, char **argv) {
                 o->wo_split = (int)parse_long(a, v, 1, 8);
                 if (!wo_split_valid(o->wo_split)) fatal("--wo-split: expected 1, 2, 4 or 8, got '%s'", v);
             } else if (!strcmp(a, "--kv")) {
-                if (kv_format_parse(v, &o->kv)) fatal("--kv: unknown format '%s' (expected one of %s)", v, kv_format_list());
+                if (kv_format_parse(need(a, v), &o->kv)) fatal("--kv: unknown format '%s' (expected one of %s)", v, kv_format_list());
             } else fatal("unknown option '%s' (see --help)", a);
+            i++;
         }
     }
     if (!o->model_dir) fatal("no model: pass -m DIR (see --help)");
@@ -389,7 +400,7 @@ typedef struct {
 static void sink_write(Sink *k, const char *s, size_t n) {
     if (k->stream) {
         fwrite(s, 1, n, k->stream);
-        fflush(k->stream);
+        out_check(k->stream, "stdout");
         return;
     }
     if (k->len + n + 1 > k->cap) {
@@ -459,7 +470,7 @@ static Finish session_generate(Session *s, int n_predict, Sink *out, GenStats *s
 
 // Like llama.cpp's timings: load, prompt and generation speed, on stderr after every generation.
 static void print_timings(const Session *s, const GenStats *st) {
-    fflush(stdout);  // the reply first, when both go to one place
+    out_check(stdout, "stdout");  // the reply first, when both go to one place
     fprintf(stderr, "nano: load %.0f ms | prompt %d tok, %.1f ms, %.2f tok/s | generated %d tok, %.1f ms, %.2f tok/s | %s, %s KV\n",
             s->load_s * 1e3, st->n_prompt, st->prompt_s * 1e3, st->prompt_s > 0 ? st->n_prompt / st->prompt_s : 0.0, st->n_gen,
             st->gen_s * 1e3, st->gen_s > 0 && st->n_gen > 1 ? (st->n_gen - 1) / st->gen_s : 0.0, s->engine->name,
@@ -502,14 +513,104 @@ static int *turn_tokens(Session *s, const Options *o, const char *line, int firs
 }
 
 // ---------------------------------------------------------------------------------------------
+// Arguments checked before a model loads, so a typo costs no loading time and no output is lost: the
+// model directory, the text given on the command line, every input file (readable, not UTF-16), every
+// output (writable, and not one of the inputs: -f X -o X would replace the prompts by the results).
+
+typedef struct {
+    const char *name;
+    dev_t dev;
+    ino_t ino;
+} InputFile;
+
+static void check_input(const char *flag, const char *path, InputFile *in) {
+    struct stat sb;
+    int fd = open_regular(path, &sb);
+    if (fd < 0) fatal("%s %s: %s", flag, path, file_error(path));
+    unsigned char head[4];
+    ssize_t n = read(fd, head, sizeof head);
+    close(fd);
+    const char *why = n > 0 ? text_encoding_problem(head, (size_t)n) : NULL;
+    if (why) fatal("%s %s: the file %s", flag, path, why);
+    *in = (InputFile){flag, sb.st_dev, sb.st_ino};
+}
+
+static void check_output(const char *flag, const char *path, const InputFile *in, int n_in) {
+    struct stat sb;
+    if (stat(path, &sb) == 0) {
+        if (S_ISDIR(sb.st_mode)) fatal("%s %s: is a directory", flag, path);
+        for (int i = 0; i < n_in; i++)
+            if (sb.st_dev == in[i].dev && sb.st_ino == in[i].ino)
+                fatal("%s %s: is also an input (%s); writing would destroy it", flag, path, in[i].name);  // same inode
+        if (access(path, W_OK) != 0) fatal("%s %s: %s", flag, path, strerror(errno));
+        return;
+    }
+    if (errno != ENOENT) fatal("%s %s: %s", flag, path, file_error(path));
+    char *dir = strdup(path), *slash = strrchr(dir, '/');
+    if (!dir) fatal("out of memory");
+    if (slash) slash[slash == dir] = 0;  // "/x" -> "/"
+    if (access(slash ? dir : ".", W_OK) != 0)
+        fatal("%s %s: cannot be created: %s", flag, path, errno == ENOENT ? "its directory does not exist" : strerror(errno));
+    free(dir);
+}
+
+static void check_text(const char *flag, const char *text) {
+    long bad = text ? utf8_invalid_offset(text, strlen(text)) : -1;
+    if (bad >= 0) fatal("%s: invalid UTF-8 at byte offset %ld", flag, bad);
+}
+
+static void check_arguments(const Options *o) {
+    model_dir_check(o->model_dir);
+    check_text("-p", o->prompt);
+    check_text("--system", o->system);
+    check_text("--tokenize", o->tokenize);
+    // Inputs: the files of the model directory (links followed) and the files named by flags.
+    InputFile *in = NULL;
+    int n_in = 0;
+    DIR *d = opendir(o->model_dir);
+    for (struct dirent *e; d && (e = readdir(d));) {
+        char *path = path_join(o->model_dir, e->d_name);
+        struct stat sb;
+        if (e->d_name[0] != '.' && stat(path, &sb) == 0 && S_ISREG(sb.st_mode)) {
+            in = realloc(in, (size_t)(n_in + 1) * sizeof *in);
+            if (!in) fatal("out of memory");
+            in[n_in++] = (InputFile){"a file of the model directory", sb.st_dev, sb.st_ino};
+        }
+        free(path);
+    }
+    if (d) closedir(d);
+    in = realloc(in, (size_t)(n_in + 3) * sizeof *in);
+    if (!in) fatal("out of memory");
+    if (o->file) check_input("-f", o->file, &in[n_in++]);
+    if (o->perplexity) check_input("--perplexity", o->perplexity, &in[n_in++]);
+    if (o->tokenize_file) check_input("--tokenize-file", o->tokenize_file, &in[n_in++]);
+    if (o->out) check_output("-o", o->out, in, n_in);
+    if (o->dump_logits) check_output("--dump-logits", o->dump_logits, in, n_in);
+    free(in);
+    // A closed stdout would be taken by the next file opened: refuse when the mode prints there,
+    // else hold it with /dev/null.
+    if (fcntl(1, F_GETFD) < 0) {
+        if (!(o->file && o->out)) fatal("stdout is closed: what nano prints would be lost");
+        if (open("/dev/null", O_WRONLY) != 1) fatal("stdout is closed and cannot be held: %s", strerror(errno));
+    }
+}
+
+// The last write error on stdout, or its close, decides the exit status: output must not vanish silently.
+static int close_stdout(void) {
+    out_check(stdout, "stdout");
+    if (fclose(stdout) != 0) fatal("stdout: write failed: %s", strerror(errno));
+    return 0;
+}
+
+// ---------------------------------------------------------------------------------------------
 // Modes
 
 // --tokenize / --tokenize-file: ids on one line, space separated; no weights are loaded.
 static void tokenize_mode(const Options *o) {
     Tokenizer *tok = load_tokenizer(o->model_dir, 1);
     size_t len = 0;
-    char *text = o->tokenize ? strdup(o->tokenize) : read_file(o->tokenize_file, &len);
-    if (!text) fatal("--tokenize-file %s: %s", o->tokenize_file, file_error());
+    char *text = o->tokenize ? strdup(o->tokenize) : read_file(o->tokenize_file, READ_ANY_SIZE, &len);
+    if (!text) fatal("--tokenize-file %s: %s", o->tokenize_file, file_error(o->tokenize_file));
     if (o->tokenize) len = strlen(text);
     char err[160];
     int n;
@@ -519,6 +620,7 @@ static void tokenize_mode(const Options *o) {
     if (!ids) fatal("%s: %s", o->tokenize ? "--tokenize" : o->tokenize_file, err);
     for (int i = 0; i < n; i++) printf("%s%d", i ? " " : "", ids[i]);
     printf("\n");
+    out_check(stdout, "stdout");
     if (o->tokenize_file)
         fprintf(stderr, "nano: %zu bytes -> %d ids in %.1f ms (%.1f MB/s)\n", len, n, dt * 1e3, dt > 0 ? len / dt / 1e6 : 0.0);
     free(ids);
@@ -587,6 +689,11 @@ static char *read_line(FILE *in) {
         return NULL;
     }
     while (n > 0 && (line[n - 1] == '\n' || line[n - 1] == '\r')) line[--n] = 0;
+    const char *nul = memchr(line, 0, (size_t)n);
+    if (nul) {  // the rest of the line would be lost silently: the turn is refused instead
+        fprintf(stderr, "nano: NUL byte at byte offset %ld of the line; nothing was sent\n", (long)(nul - line));
+        line[0] = 0;
+    }
     return line;
 }
 
@@ -671,39 +778,6 @@ static void json_string(FILE *f, const char *s) {
     fputc('"', f);
 }
 
-// Ids (line numbers) already in a results file. A line cut short by an interrupted run is removed.
-static unsigned char *done_ids(const char *path, int n_lines) {
-    unsigned char *done = xcalloc((size_t)n_lines + 1, 1);
-    size_t len;
-    char *text = read_file(path, &len);
-    if (!text) {
-        if (errno != ENOENT) fatal("--resume %s: %s", path, file_error());
-        return done;
-    }
-    size_t keep = 0;
-    int line_no = 0;
-    for (char *line = text; line < text + len;) {
-        char *nl = memchr(line, '\n', (size_t)(text + len - line));
-        if (!nl) break;  // no newline: the write never finished
-        line_no++;
-        Json j;
-        int ok = json_parse(&j, line, (size_t)(nl - line)) == 0;
-        const JsonNode *id = ok ? json_get(&j, json_root(&j), "id") : NULL;
-        const JsonNode *output = ok ? json_get(&j, json_root(&j), "output") : NULL;
-        const JsonNode *finish = ok ? json_get(&j, json_root(&j), "finish_reason") : NULL;
-        ok = id && id->type == JSON_NUMBER && id->is_integer && id->num >= 1 && output && output->type == JSON_STRING && finish &&
-             finish->type == JSON_STRING;
-        if (ok && id->num <= n_lines) done[(int)id->num] = 1;
-        json_free(&j);
-        if (!ok) fatal("--resume %s: line %d is not a nano result; move the file away or drop --resume", path, line_no);
-        line = nl + 1;
-        keep = (size_t)(line - text);
-    }
-    if (keep < len && truncate(path, (off_t)keep) != 0) fatal("--resume %s: %s", path, strerror(errno));
-    free(text);
-    return done;
-}
-
 typedef struct {
     char *prompt, *system;
     int n_predict;
@@ -743,42 +817,154 @@ static int parse_batch_line(const char *line, const Options *o, BatchItem *it, c
     return ok;
 }
 
-static int is_blank(const char *line) { return !line[strspn(line, " \t")]; }
+static int is_blank(const char *line, size_t len) {
+    for (size_t i = 0; i < len; i++)
+        if (line[i] != ' ' && line[i] != '\t') return 0;
+    return 1;
+}
+
+// A batch: the prompts file is read as a stream twice, once before the model loads (line hashes, the
+// count for the progress line) and once to run it; -o is opened, locked and, with --resume, cleaned
+// before the model loads too.
+typedef struct {
+    FILE *out;
+    long n_lines;
+    int total;             // non-blank lines
+    uint64_t *hash;        // [n_lines + 1] hash64 of each line as read (ids count from 1)
+    unsigned char *done;   // [n_lines + 1] a result for this line is in -o already (--resume)
+} Batch;
+
+static void open_prompts(LineReader *r, const char *path) {
+    if (lines_open(r, path)) fatal("-f %s: %s", path, file_error(path));
+}
+
+static int open_locked(const char *path, int flags) {
+    int fd = open(path, flags, 0644);
+    if (fd < 0) fatal("-o %s: %s", path, strerror(errno));
+    if (lock_output(fd) != 0 && errno == EWOULDBLOCK)
+        fatal("-o %s: another process is writing it (the file is locked); wait for that run or choose another -o", path);
+    return fd;
+}
+
+// One result line of -o, checked; returns its id, and its line_hash (0 when absent: an older nano's).
+static long result_id(const char *path, const LineReader *r, uint64_t *hash) {
+    Json j;
+    int ok = json_parse(&j, r->buf, r->len) == 0;
+    const JsonNode *root = ok ? json_root(&j) : NULL, *id = json_get(&j, root, "id"), *output = json_get(&j, root, "output"),
+                   *finish = json_get(&j, root, "finish_reason"), *h = json_get(&j, root, "line_hash");
+    ok = ok && id && id->type == JSON_NUMBER && id->is_integer && id->num >= 1 && id->num < 1e15 && output &&
+         output->type == JSON_STRING && finish && finish->type == JSON_STRING;
+    char *end;
+    if (ok && h && h->type == JSON_STRING && h->len == 16 && (*hash = strtoull(h->str, &end, 16), *end)) *hash = 0;
+    long v = ok ? (long)id->num : -1;
+    json_free(&j);
+    if (v < 0) fatal("--resume %s: line %ld is not a nano result; move the file away or drop --resume", path, r->no);
+    return v;
+}
+
+// --resume: keeps each result whose id and line hash match a line of the prompts file, once. The rest
+// (changed, moved or repeated lines, a line cut short by an interruption) is dropped by writing the kept
+// lines to a new file that replaces -o; returns the descriptor to append to.
+static int resume_results(Batch *b, const Options *o, int fd) {
+    LineReader r;
+    if (lines_open(&r, o->out)) fatal("--resume %s: %s", o->out, file_error(o->out));
+    unsigned char *keep = NULL;
+    long n_keep = 0, n_drop = 0;
+    char ids[80] = "";
+    while (line_next(&r)) {
+        uint64_t h = 0;
+        long id = r.ended ? result_id(o->out, &r, &h) : -1;
+        int k = id > 0 && id <= b->n_lines && h == b->hash[id] && !b->done[id];
+        if (k) b->done[id] = 1;
+        else if (r.ended) {
+            size_t l = strlen(ids);
+            if (l < sizeof ids - 24) snprintf(ids + l, sizeof ids - l, "%s%ld", n_drop ? ", " : "", id);
+            else if (!strstr(ids, "...")) strcat(ids, ", ...");
+            n_drop++;
+        }
+        if (r.no % 4096 == 1) {
+            keep = realloc(keep, (size_t)(r.no + 4096));
+            if (!keep) fatal("out of memory");
+        }
+        keep[r.no - 1] = (unsigned char)k;
+        n_keep += k;
+    }
+    long n_read = r.no;
+    int cut = n_read && !r.ended;
+    lines_close(&r);
+    if (n_drop)
+        fprintf(stderr, "nano: --resume %s: %ld result(s) no longer match their line of %s (changed, moved or repeated: id %s); they run again\n",
+                o->out, n_drop, o->file, ids);
+    if (n_drop || cut) {
+        size_t n = strlen(o->out) + 8;
+        char *tmp = xmalloc(n);
+        snprintf(tmp, n, "%s.resume", o->out);
+        int nfd = open_locked(tmp, O_WRONLY | O_CREAT | O_TRUNC);
+        FILE *f = fdopen(dup(nfd), "w");
+        if (!f || lines_open(&r, o->out)) fatal("--resume %s: %s", o->out, strerror(errno));
+        while (line_next(&r))
+            if (keep[r.no - 1]) fprintf(f, "%s\n", r.buf);
+        lines_close(&r);
+        out_check(f, tmp);
+        if (fsync(nfd) != 0 || fclose(f) != 0 || rename(tmp, o->out) != 0) fatal("--resume %s: %s", tmp, strerror(errno));
+        close(fd);
+        fd = nfd;
+        free(tmp);
+    }
+    free(keep);
+    return fd;
+}
+
+static void batch_prepare(Batch *b, const Options *o) {
+    memset(b, 0, sizeof *b);
+    LineReader r;
+    open_prompts(&r, o->file);
+    while (line_next(&r)) {
+        if (r.no % 4096 == 1) {
+            b->hash = realloc(b->hash, (size_t)(r.no + 4096) * sizeof *b->hash);
+            if (!b->hash) fatal("out of memory");
+        }
+        b->hash[r.no] = hash64(r.buf, r.len);
+        b->total += !is_blank(r.buf, r.len);
+    }
+    b->n_lines = r.no;
+    lines_close(&r);
+    b->done = xcalloc((size_t)b->n_lines + 1, 1);
+    if (!o->out) {
+        b->out = stdout;
+        return;
+    }
+    int fd = open_locked(o->out, O_RDWR | O_CREAT);
+    struct stat sb;
+    if (o->resume) fd = resume_results(b, o, fd);
+    else if (fstat(fd, &sb) == 0 && S_ISREG(sb.st_mode) && ftruncate(fd, 0) != 0) fatal("-o %s: %s", o->out, strerror(errno));
+    b->out = fdopen(fd, "a");
+    if (!b->out) fatal("-o %s: %s", o->out, strerror(errno));
+}
 
 // -f: every prompt from a fresh cache, in input order; each result written and flushed when done.
-static void batch_mode(Session *s, const Options *o) {
-    size_t len;
-    char *text = read_file(o->file, &len);
-    if (!text) fatal("-f %s: %s", o->file, file_error());
-    char **lines = NULL;
-    int n_lines = 0, total = 0;
-    for (char *p = text; p < text + len;) {
-        char *nl = memchr(p, '\n', (size_t)(text + len - p));
-        if (nl) *nl = 0;
-        size_t l = strlen(p);
-        if (l && p[l - 1] == '\r') p[l - 1] = 0;
-        lines = realloc(lines, (size_t)(n_lines + 1) * sizeof *lines);
-        if (!lines) fatal("out of memory");
-        lines[n_lines++] = p;
-        total += !is_blank(p);
-        p = nl ? nl + 1 : text + len;
-    }
-    unsigned char *done = o->resume ? done_ids(o->out, n_lines) : xcalloc((size_t)n_lines + 1, 1);
-    FILE *out = o->out ? fopen(o->out, o->resume ? "a" : "w") : stdout;
-    if (!out) fatal("-o %s: %s", o->out, strerror(errno));
+static void batch_mode(Session *s, const Options *o, Batch *b) {
+    FILE *out = b->out;
+    const char *out_name = o->out ? o->out : "stdout";
     int progress = isatty(2), n_done = 0, n_err = 0, n_tok = 0;
-    for (int i = 1; i <= n_lines; i++) n_done += done[i] && !is_blank(lines[i - 1]);
+    for (long i = 1; i <= b->n_lines; i++) n_done += b->done[i];
     double t_start = now_seconds();
     int skipped = n_done;
-    for (int id = 1; id <= n_lines; id++) {
-        const char *line = lines[id - 1];
-        if (is_blank(line) || done[id]) continue;
-        BatchItem it;
+    LineReader r;
+    open_prompts(&r, o->file);
+    while (line_next(&r)) {
+        long id = r.no;
+        if (is_blank(r.buf, r.len) || (id <= b->n_lines && b->done[id])) continue;
+        BatchItem it = {0};
         char err[200] = "";
         GenStats st = {0};
         Sink gen = {0};
         double t0 = now_seconds();
-        if (parse_batch_line(line, o, &it, err, sizeof err) == 0) {
+        long nul = line_nul(&r);
+        if (nul >= 0) {
+            snprintf(err, sizeof err, "NUL byte at byte offset %ld", nul);
+            it.prompt = strdup(r.buf);
+        } else if (parse_batch_line(r.buf, o, &it, err, sizeof err) == 0) {
             int n;
             int *ids = prompt_tokens(s, o, it.system ? it.system : o->system, it.prompt, &n, err, sizeof err);
             s->pos = 0;
@@ -789,7 +975,7 @@ static void batch_mode(Session *s, const Options *o) {
             }
             free(ids);
         }
-        fprintf(out, "{\"id\": %d, \"prompt\": ", id);
+        fprintf(out, "{\"id\": %ld, \"line_hash\": \"%016llx\", \"prompt\": ", id, (unsigned long long)hash64(r.buf, r.len));
         json_string(out, it.prompt ? it.prompt : "");
         fprintf(out, ", \"output\": ");
         json_string(out, gen.buf ? gen.buf : "");
@@ -801,7 +987,7 @@ static void batch_mode(Session *s, const Options *o) {
             n_err++;
         }
         fprintf(out, "}\n");
-        if (fflush(out) != 0) fatal("-o %s: write failed: %s", o->out ? o->out : "stdout", strerror(errno));
+        out_check(out, out_name);
         free(it.prompt);
         free(it.system);
         free(gen.buf);
@@ -810,26 +996,26 @@ static void batch_mode(Session *s, const Options *o) {
         if (progress) {
             double dt = now_seconds() - t_start;
             int ran = n_done - skipped;
-            fprintf(stderr, "\rnano: %d/%d prompts, %.1f tok/s, ETA %.0f s   ", n_done, total, dt > 0 ? n_tok / dt : 0.0,
-                    ran ? dt / ran * (total - n_done) : 0.0);
+            fprintf(stderr, "\rnano: %d/%d prompts, %.1f tok/s, ETA %.0f s   ", n_done, b->total, dt > 0 ? n_tok / dt : 0.0,
+                    ran ? dt / ran * (b->total - n_done) : 0.0);
         }
     }
+    lines_close(&r);
     if (progress) fprintf(stderr, "\n");
     double dt = now_seconds() - t_start;
     fprintf(stderr, "nano: %d prompts done (%d skipped as already in %s), %d errors, %d tokens in %.1f s\n", n_done - skipped,
             skipped, o->out ? o->out : "the output", n_err, n_tok, dt);
     if (out != stdout && fclose(out) != 0) fatal("-o %s: write failed: %s", o->out, strerror(errno));
-    free(done);
-    free(lines);
-    free(text);
+    free(b->done);
+    free(b->hash);
 }
 
 // --perplexity: windows of ctx tokens, each starting stride after the last; a window scores only the
 // tokens no earlier window scored, so every token after the first is predicted exactly once.
 static void perplexity_mode(Session *s, const Options *o) {
     size_t len;
-    char *text = read_file(o->perplexity, &len);
-    if (!text) fatal("--perplexity %s: %s", o->perplexity, file_error());
+    char *text = read_file(o->perplexity, READ_ANY_SIZE, &len);
+    if (!text) fatal("--perplexity %s: %s", o->perplexity, file_error(o->perplexity));
     char err[160];
     int n;
     int *ids = tokenizer_encode(s->tok, text, len, 0, &n, err, sizeof err);
@@ -868,6 +1054,7 @@ static void perplexity_mode(Session *s, const Options *o) {
     double dt = now_seconds() - t0;
     printf("perplexity: %.4f over %d scored tokens of %d (ctx %d, stride %d), mean nll %.6f\n", exp(nll / scored), scored, n, C, S,
            nll / scored);
+    out_check(stdout, "stdout");
     fprintf(stderr, "nano: perplexity took %.1f s, %.1f tok/s | %s, %s KV\n", dt, dt > 0 ? scored / dt : 0.0, s->engine->name,
             kv_format_name(s->kv));
     free(logits);
@@ -879,19 +1066,22 @@ static void perplexity_mode(Session *s, const Options *o) {
 int main(int argc, char **argv) {
     Options o;
     parse_args(&o, argc, argv);
+    check_arguments(&o);
     if (o.tokenize || o.tokenize_file) {
         tokenize_mode(&o);
-        return 0;
+        return close_stdout();
     }
     if (o.check) return check_mode(&o);
+    Batch b;
+    if (o.file) batch_prepare(&b, &o);
     Session s;
     session_open(&s, &o, !o.prompt_ids);
     if (o.prompt_ids) prompt_ids_mode(&s, &o);
     else if (o.prompt) prompt_mode(&s, &o);
     else if (o.interactive) interactive_mode(&s, &o);
-    else if (o.file) batch_mode(&s, &o);
+    else if (o.file) batch_mode(&s, &o, &b);
     else perplexity_mode(&s, &o);
     session_close(&s);
-    return 0;
+    return close_stdout();
 }
 #endif

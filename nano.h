@@ -179,13 +179,11 @@ typedef struct {
 } Model;
 
 void model_load(Model *m, const char *dir);  // fatal on any problem
+void model_dir_check(const char *dir);       // fatal, with a hint, unless dir looks like a checkpoint directory
 void model_free(Model *m);
 // Reads every weight page once (a progress line on a terminal for checkpoints of 256 MB and more).
 void model_prefetch(const Model *m, const char *dir);
 
-// Reads a whole file into a NUL-terminated malloc'd buffer; NULL if it cannot be opened (errno set).
-char *read_file(const char *path, size_t *len);
-const char *file_error(void);  // why open/read_file just failed, from errno ("not a regular file", ...)
 // Element i of a weight row, as fp32; and a whole row converted.
 float tensor_get(const Tensor *t, size_t i);
 void tensor_row(const Tensor *t, int64_t row, float *out);
@@ -396,5 +394,43 @@ void rounded_model_free(Model *r);
 // attention and after the MLP (and relative to the reference's largest |value| there), the logits'
 // agreement, and the first layer beyond the tolerance. Returns 0 when no layer exceeds it, else 1.
 int gpu_check(const Model *m, const int *ids, int n, int n_decode, int capacity, int batch, int wo_split, KVFormat kv);
+
+// ---------------------------------------------------------------------------------------------
+// Files (files.c)
+
+#include <stdio.h>
+#include <sys/stat.h>
+
+#define READ_ANY_SIZE SIZE_MAX  // read_file's max for the user's own files: memory is the only limit
+// Opens a regular file for reading (a FIFO does not hang it); -1 with errno set otherwise.
+int open_regular(const char *path, struct stat *sb);
+// A whole file (at most max bytes, else EFBIG) in a NUL-terminated malloc'd buffer; NULL with errno set.
+char *read_file(const char *path, size_t max, size_t *len);
+// Why opening or reading path just failed, from errno: "a symbolic link to a file that does not exist", ...
+const char *file_error(const char *path);
+int is_link(const char *path);  // a symbolic link, whether or not it leads anywhere
+// Why text starting with these bytes is not UTF-8 nano can read (UTF-16), or NULL.
+const char *text_encoding_problem(const void *head, size_t n);
+
+// Lines of a file or stream, ended by \n, \r\n or a lone \r; a UTF-8 byte order mark before the first
+// line is dropped. buf holds the line and a NUL after it (the line itself may hold NULs).
+typedef struct {
+    FILE *f;
+    char *buf;
+    size_t cap, len;
+    int ended;               // 0 only for a last line with no line end
+    long no;                 // line number, from 1
+    uint64_t start, pos;     // byte offset of the line, and of what comes after it
+} LineReader;
+int lines_open(LineReader *r, const char *path);  // 0, or -1 with errno set
+void lines_from(LineReader *r, FILE *f);
+int line_next(LineReader *r);  // 1 when a line was read, 0 at the end
+long line_nul(const LineReader *r);  // offset of the first NUL byte in the line, or -1
+void lines_close(LineReader *r);
+uint64_t hash64(const void *data, size_t n);
+
+// fatal "name: write failed: ..." when f holds a write error (a full disk, a closed stdout).
+void out_check(FILE *f, const char *name);
+int lock_output(int fd);  // exclusive lock without waiting; -1 when another process holds it
 
 #endif

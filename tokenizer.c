@@ -34,6 +34,12 @@ typedef struct {
     int id, special;
 } AddedToken;
 
+typedef struct {
+    int child, sibling;  // first child, next sibling; -1: none
+    int added;           // index in Tokenizer.added of the token ending here, or -1
+    unsigned char byte;
+} TrieNode;
+
 struct Tokenizer {
     char *path;
     int n_ids, cap_ids;
@@ -43,8 +49,10 @@ struct Tokenizer {
     struct { char *key; int value; } *vocab;        // token text (byte-level form) -> id
     struct { uint64_t key; Merge value; } *merges;  // (left id << 32 | right id) -> rank, result
     int byte_id[256];     // id of each single byte's token
-    AddedToken *added;    // stb_ds array, longest first
-    unsigned char added_first[256];  // bytes that start some added token
+    AddedToken *added;    // stb_ds array
+    // Added tokens as a byte trie (stb_ds array, node 0 the root), so finding the longest one at a
+    // position costs its length, not a scan of every added token.
+    TrieNode *trie;
     int *prefix, *suffix;  // stb_ds arrays: ids the post-processor adds around the text
     // BPE results of pieces seen before: piece bytes -> (start, count) in cache_ids.
     struct { char *key; IdSpan value; } *cache;
@@ -179,6 +187,15 @@ static void load_vocab(Tokenizer *t, const JsonFile *f, const JsonNode *model) {
     if (strcmp(type->str, "BPE")) tok_fail(t, "'model.type' is '%s', expected BPE", type->str);
     if (is_true(j, model, "byte_fallback")) tok_fail(t, "'model.byte_fallback' must be false (byte-level BPE needs no fallback)");
     if (is_true(j, model, "ignore_merges")) tok_fail(t, "'model.ignore_merges' must be false");
+    // Fields that would change HF's result: refused rather than ignored.
+    const JsonNode *dropout = json_get(j, model, "dropout");
+    if (dropout && dropout->type != JSON_NULL) tok_fail(t, "'model.dropout' must be null (BPE dropout is not supported)");
+    static const char *affixes[] = {"continuing_subword_prefix", "end_of_word_suffix"};
+    for (int k = 0; k < 2; k++) {
+        const JsonNode *a = json_get(j, model, affixes[k]);
+        if (a && a->type != JSON_NULL && (a->type != JSON_STRING || a->len))
+            tok_fail(t, "'model.%s' must be empty or null (byte-level BPE uses none)", affixes[k]);
+    }
     const JsonNode *vocab = need(t, f, model, "vocab", JSON_OBJECT, "model.");
     sh_new_strdup(t->vocab);
     for (const JsonNode *e = json_first(j, vocab); e; e = json_next(j, e)) {
@@ -239,9 +256,25 @@ static void load_merges(Tokenizer *t, const JsonFile *f, const JsonNode *model) 
     arrfree(joined);
 }
 
-static int longest_first(const void *a, const void *b) {
-    size_t la = strlen(((const AddedToken *)a)->content), lb = strlen(((const AddedToken *)b)->content);
-    return la < lb ? 1 : la > lb ? -1 : 0;
+static int trie_child(const Tokenizer *t, int node, unsigned char byte) {
+    for (int c = t->trie[node].child; c >= 0; c = t->trie[c].sibling)
+        if (t->trie[c].byte == byte) return c;
+    return -1;
+}
+
+static void trie_add(Tokenizer *t, const char *content, int added) {
+    if (!t->trie) arrput(t->trie, ((TrieNode){-1, -1, -1, 0}));
+    int node = 0;
+    for (const unsigned char *p = (const unsigned char *)content; *p; p++) {
+        int c = trie_child(t, node, *p);
+        if (c < 0) {
+            c = (int)arrlen(t->trie);
+            arrput(t->trie, ((TrieNode){-1, t->trie[node].child, -1, *p}));
+            t->trie[node].child = c;
+        }
+        node = c;
+    }
+    if (t->trie[node].added < 0) t->trie[node].added = added;
 }
 
 static void load_added(Tokenizer *t, const JsonFile *f) {
@@ -265,13 +298,15 @@ static void load_added(Tokenizer *t, const JsonFile *f) {
         } else {
             set_token(t, id, content->str, content->len, "'added_tokens'");
         }
+        static const char *unsupported[] = {"lstrip", "rstrip", "single_word"};
+        for (int u = 0; u < 3; u++)
+            if (is_true(j, e, unsupported[u])) tok_fail(t, "'%s%s' must be false (not supported)", where, unsupported[u]);
         t->special[id] = (unsigned char)is_true(j, e, "special");
         AddedToken a = {strdup(content->str), id, t->special[id]};
         if (!a.content) fatal("out of memory");
         arrput(t->added, a);
-        t->added_first[(unsigned char)a.content[0]] = 1;
+        trie_add(t, a.content, (int)arrlen(t->added) - 1);
     }
-    qsort(t->added, (size_t)arrlen(t->added), sizeof *t->added, longest_first);
 }
 
 // The post-processor decides what encode(add_special) adds: nothing for Qwen (ByteLevel), the BOS for
@@ -337,6 +372,7 @@ void tokenizer_free(Tokenizer *t) {
     shfree(t->vocab);
     hmfree(t->merges);
     arrfree(t->added);
+    arrfree(t->trie);
     arrfree(t->prefix);
     arrfree(t->suffix);
     shfree(t->cache);
@@ -554,12 +590,13 @@ static void encode_segment(Tokenizer *t, const char *s, size_t len, int **out) {
 
 // The longest added token that starts at s[0..n), or NULL.
 static const AddedToken *added_at(const Tokenizer *t, const char *s, size_t n) {
-    if (!t->added_first[(unsigned char)s[0]]) return NULL;
-    for (ptrdiff_t k = 0; k < arrlen(t->added); k++) {  // longest first
-        size_t l = strlen(t->added[k].content);
-        if (l <= n && !memcmp(s, t->added[k].content, l)) return &t->added[k];
+    const AddedToken *best = NULL;
+    int node = t->trie ? 0 : -1;
+    for (size_t i = 0; i < n && node >= 0; i++) {
+        node = trie_child(t, node, (unsigned char)s[i]);
+        if (node >= 0 && t->trie[node].added >= 0) best = &t->added[t->trie[node].added];
     }
-    return NULL;
+    return best;
 }
 
 int *tokenizer_encode(Tokenizer *t, const char *text, size_t len, int add_special, int *n_out, char *err, size_t errlen) {
@@ -738,8 +775,8 @@ static char *read_template(const char *dir, char **bos) {
     if (!tmpl) {
         path = path_join(dir, "chat_template.jinja");
         size_t len;
-        tmpl = read_file(path, &len);
-        if (!tmpl && errno != ENOENT) fatal("%s: %s", path, file_error());
+        tmpl = read_file(path, READ_ANY_SIZE, &len);
+        if (!tmpl && (errno != ENOENT || is_link(path))) fatal("%s: %s", path, file_error(path));
         free(path);
     }
     return tmpl;

@@ -35,5 +35,6 @@ void test_tokenizer(void);                   // tests/test_tokenizer.c: encode/d
 void test_tokenizer_cli(const char *nano);   // tests/test_tokenizer.c: --tokenize and tokenizer errors end to end
 void test_sampling(void);                    // tests/test_modes.c: the sampler on known logits
 void test_modes(const char *nano, int first); // tests/test_modes.c: -p, -f, --perplexity, -i on the tiny model
+void test_files(const char *nano, int first); // tests/test_files.c: big files, write errors, --resume, locks, encodings
 
 #endif

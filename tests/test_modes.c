@@ -267,7 +267,7 @@ typedef struct {
 
 static int read_results(const char *path, Result *res, int max) {
     size_t len;
-    char *text = read_file(path, &len);
+    char *text = read_file(path, READ_ANY_SIZE, &len);
     int n = 0;
     for (char *line = text; text && line < text + len && n < max;) {
         char *nl = strchr(line, '\n');
@@ -333,7 +333,7 @@ static void test_batch(const char *nano) {
 
     // --resume after an interruption: keep two finished lines and half of the third.
     size_t len;
-    char *full = read_file(out, &len);
+    char *full = read_file(out, READ_ANY_SIZE, &len);
     char *cut = full;
     for (int i = 0; i < 2 && cut; i++) cut = (cut = strchr(cut, '\n')) ? cut + 1 : NULL;
     if (cut && (size_t)(cut - full) + 10 < len) {
@@ -344,7 +344,7 @@ static void test_batch(const char *nano) {
     char *resume_args[] = {"-m", TINY, "-f", (char *)prompts, "-o", out2, "-n", "12", "-c", "64", "--ref", "--resume", NULL};
     r = run_nano(nano, resume_args, NULL);
     size_t len2;
-    char *resumed = read_file(out2, &len2);
+    char *resumed = read_file(out2, READ_ANY_SIZE, &len2);
     // Same seeds, so the resumed file must equal the uninterrupted one except for the timings.
     Result a[10], b[10];
     int na = read_results(out, a, 10), nb = read_results(out2, b, 10);

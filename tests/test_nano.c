@@ -201,7 +201,7 @@ static void test_safetensors(void) {
     const char *path = tmp_path("unit.safetensors");
     size_t size = write_st(path, ok, 3, 0, 0);
     size_t len;
-    uint8_t *buf = (uint8_t *)read_file(path, &len);
+    uint8_t *buf = (uint8_t *)read_file(path, READ_ANY_SIZE, &len);
     SafeTensors st = {0};
     char err[512] = "";
     int rc = st_parse(&st, buf, size, path, err, sizeof err);
@@ -226,7 +226,7 @@ static void test_safetensors(void) {
     };
     for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
         size = write_st(path, bad[i].s, bad[i].n, bad[i].extra, bad[i].hextra);
-        buf = (uint8_t *)read_file(path, &len);
+        buf = (uint8_t *)read_file(path, READ_ANY_SIZE, &len);
         memset(&st, 0, sizeof st);
         err[0] = 0;
         rc = st_parse(&st, buf, size, path, err, sizeof err);
@@ -255,7 +255,7 @@ void run_free(Run *r) {
 
 char *slurp(const char *path) {
     size_t len;
-    char *s = read_file(path, &len);
+    char *s = read_file(path, READ_ANY_SIZE, &len);
     return s ? s : calloc(1, 1);
 }
 
@@ -439,6 +439,7 @@ static void test_bad_input(const char *nano) {
     // Configs that differ from the tiny one by one edit: {what, expected message, dir, from, to}.
     static const char *config_edits[][5] = {
         {"unsupported model_type", "unsupported model_type 'llama'", "llama", "\"qwen3\"", "\"llama\""},
+        {"model_type not a string", "'model_type' must be a string (\"qwen2\" or \"qwen3\")", "mtnum", "\"qwen3\"", "3"},
         {"missing config field", "missing 'hidden_size'", "nohidden", "\"hidden_size\"", "\"hidden_sizes\""},
         {"config field of the wrong type", "'num_hidden_layers' must be an integer", "layerstr", "\"num_hidden_layers\": 1", "\"num_hidden_layers\": \"1\""},
         {"heads not a multiple of kv heads", "not a multiple of num_key_value_heads", "gqa", "\"num_key_value_heads\": 1", "\"num_key_value_heads\": 3"},
@@ -450,6 +451,24 @@ static void test_bad_input(const char *nano) {
         {"yarn with rope_theta 1", "yarn needs rope_theta > 1", "theta1", "\"rope_theta\": 10000.0", "\"rope_theta\": 1, \"rope_scaling\": {\"type\": \"yarn\", \"factor\": 2}"},
         {"nested config field out of range", "'rope_scaling.factor' must be a number", "factor", "\"rope_theta\": 10000.0", "\"rope_scaling\": {\"rope_type\": \"yarn\", \"factor\": 0.5}"},
     };
+    BAD("BOM before config.json", "a UTF-8 byte order mark (EF BB BF) before the JSON text",
+        RUN_ON(make_model("bomconfig", "\xEF\xBB\xBF" TINY_CONFIG, tiny_specs, N_TINY, 0, 0)));
+    {  // model.safetensors as a link to nothing, and as a loop of links
+        char *dangling = make_model("dangling", TINY_CONFIG, NULL, 0, 0, 0), link[600];
+        snprintf(link, sizeof link, "%s/model.safetensors", dangling);
+        if (symlink("gone.safetensors", link) != 0) perror("symlink");
+        BAD("dangling link as model.safetensors", "model.safetensors: a symbolic link to a file that does not exist", RUN_ON(tmp_path("dangling")));
+        char *loop = make_model("looping", TINY_CONFIG, NULL, 0, 0, 0);
+        snprintf(link, sizeof link, "%s/model.safetensors", loop);
+        if (symlink("model.safetensors", link) != 0) perror("symlink");
+        BAD("link loop as model.safetensors", "model.safetensors: a loop of symbolic links", RUN_ON(tmp_path("looping")));
+    }
+    {
+        Spec s[N_TINY];
+        memcpy(s, tiny_specs, sizeof s);
+        s[N_TINY - 1].begin = 1LL << 60, s[N_TINY - 1].end = (1LL << 60) + 32;
+        BAD("offsets beyond 2^53", "'model.norm.weight': data_offsets beyond 2^53 bytes", RUN_ON(make_model("huge_off", TINY_CONFIG, s, N_TINY, 0, 0)));
+    }
     for (size_t i = 0; i < sizeof config_edits / sizeof *config_edits; i++) {
         const char *const *e = config_edits[i];
         BAD(e[0], e[1], RUN_ON(make_model(e[2], config_with(e[3], e[4]), tiny_specs, N_TINY, 0, 0)));
@@ -491,6 +510,7 @@ static void test_bad_input(const char *nano) {
     BAD("bad --kv", "--kv: unknown format 'q3'", "-m", dir, "--prompt-ids", "1", "--kv", "q3");
     BAD("unknown option", "unknown option '--frobnicate'", "-m", dir, "--frobnicate", "1");
     BAD("missing option value", "-c: missing value", "-m", dir, "--prompt-ids", "1", "-c");
+    BAD("missing string value", "--system: missing value", "-m", dir, "--prompt-ids", "1", "--system");
     BAD("no model", "no model", "--prompt-ids", "1");
     BAD("unwritable --dump-logits", "--dump-logits", "-m", dir, "--prompt-ids", "1", "--dump-logits", tmp_path("no/such/dir/x.f32"),
         "--ref");
@@ -545,7 +565,7 @@ static void check_fixture(const char *nano, const char *dir, const char *name, c
                     "--dump-logits", (char *)dump, "--kv", (char *)kv, "-b", (char *)batch, "--ref", NULL};
     Run r = run(argv, 0);
     size_t len = 0;
-    float *got = (float *)read_file(dump, &len);
+    float *got = (float *)read_file(dump, READ_ANY_SIZE, &len);
     int mismatch = -1;
     double rel = -1;
     if (r.status == 0 && got && len == 4 * (size_t)g->n_prompt * g->vocab) rel = compare_logits(g, got, tol, &mismatch);
@@ -663,6 +683,7 @@ int main(int argc, char **argv) {
         test_generation(argv[i]);
         test_tokenizer_cli(argv[i]);
         test_modes(argv[i], i == 1);
+        test_files(argv[i], i == 1);
         int found = test_fixtures_in(argv[i], "tests/fixtures") + test_fixtures_in(argv[i], "models");
         check(found >= 7, "%s: found %d HF fixtures (expected at least 7)", argv[i], found);
     }

@@ -173,7 +173,7 @@ static void test_chat(void) {
     // The golden file is a JSON array, so it is parsed here rather than through json_file_open.
     JsonFile f = {"tests/tokenizer/chat_golden.json", {0}, NULL};
     size_t len;
-    char *text = read_file(f.path, &len);
+    char *text = read_file(f.path, READ_ANY_SIZE, &len);
     if (!text || json_parse(&f.json, text, len)) {
         check(0, "%s: missing or not JSON", f.path);
         free(text);
@@ -229,7 +229,44 @@ static void test_chat(void) {
     chat_template_free(&q);
 }
 
+// 50,000 added tokens, some prefixes of others, over 1 MB of text: the longest one at each position
+// wins (HF's leftmost-longest), found through the trie.
+static void test_many_added(void) {
+    char *small = slurp("tests/tokenizer/small/tokenizer.json");
+    char *at = strstr(small, "\"added_tokens\": [") + strlen("\"added_tokens\": [");
+    size_t cap = strlen(small) + 50000 * 128, n = 0;
+    char *json = xmalloc(cap);
+    n += (size_t)snprintf(json + n, cap - n, "%.*s", (int)(at - small), small);
+    for (int k = 0; k < 50000; k++)
+        n += (size_t)snprintf(json + n, cap - n, "{\"id\":%d,\"content\":\"<t%d%s\",\"special\":true},", 4000 + k, k / 2,
+                              k % 2 ? ">>" : ">");
+    snprintf(json + n, cap - n, "%s", at);
+    const char *path = tmp_path("many_added.json");
+    write_text(path, json);
+    free(json);
+    free(small);
+    Tokenizer *t = tokenizer_load(path);
+    // "<t7>>" is one token (id 4015), longer than "<t7>" (id 4014), repeated to 1 MB.
+    size_t len = 1 << 20;
+    char *text = xmalloc(len + 1);
+    for (size_t i = 0; i < len; i += 5) memcpy(text + i, "<t7>>", len - i < 5 ? len - i : 5);
+    text[len] = 0;
+    char err[200];
+    int n_ids;
+    int *ids = tokenizer_encode(t, text, len - len % 5, 0, &n_ids, err, sizeof err);
+    int ok = ids && n_ids == (int)(len / 5);
+    for (int i = 0; ok && i < n_ids; i++) ok = ids[i] == 4015;
+    check(ok, "tokenizer: 50,000 added tokens over 1 MB of text, the longest match at every position (%d ids)", n_ids);
+    free(ids);
+    int *two = tokenizer_encode(t, "x<t3><t3>>", 10, 0, &n_ids, err, sizeof err);
+    check(two && n_ids == 3 && two[1] == 4006 && two[2] == 4007, "tokenizer: '<t3>' then '<t3>>' as two added tokens");
+    free(two);
+    free(text);
+    tokenizer_free(t);
+}
+
 void test_tokenizer(void) {
+    test_many_added();
     test_stream();
     Tokenizer *qwen3 = tokenizer_load("tests/tokenizer/qwen3/tokenizer.json");
     check(tokenizer_n_ids(qwen3) == 151669, "qwen3 tokenizer: %d ids", tokenizer_n_ids(qwen3));
@@ -325,4 +362,26 @@ void test_tokenizer_cli(const char *nano) {
         char *args[] = {"-m", dir, "--tokenize", "x", NULL};
         expect_error(nano, broken[i].what, broken[i].expect, args);
     }
+    // Fields that change HF's encoding, set in an otherwise good tokenizer.json: refused, not ignored.
+    static const struct { const char *what, *from, *to, *expect; } fields[] = {
+        {"BPE dropout", "\"dropout\": null", "\"dropout\": 0.1", "'model.dropout' must be null"},
+        {"end_of_word_suffix", "\"end_of_word_suffix\": \"\"", "\"end_of_word_suffix\": \"</w>\"", "'model.end_of_word_suffix' must be empty"},
+        {"continuing_subword_prefix", "\"continuing_subword_prefix\": \"\"", "\"continuing_subword_prefix\": \"##\"",
+         "'model.continuing_subword_prefix' must be empty"},
+        {"added token lstrip", "\"lstrip\":false", "\"lstrip\":true", "'added_tokens[0].lstrip' must be false"},
+        {"added token rstrip", "\"rstrip\":false", "\"rstrip\":true", "'added_tokens[0].rstrip' must be false"},
+        {"added token single_word", "\"single_word\":false", "\"single_word\":true", "'added_tokens[0].single_word' must be false"},
+    };
+    char *small = slurp("tests/tokenizer/small/tokenizer.json");
+    for (size_t i = 0; i < sizeof fields / sizeof *fields; i++) {
+        char *at = strstr(small, fields[i].from), name[32];
+        size_t n = strlen(small) + 64;
+        char *edited = xmalloc(n);
+        snprintf(edited, n, "%.*s%s%s", (int)(at ? at - small : 0), small, fields[i].to, at ? at + strlen(fields[i].from) : "");
+        snprintf(name, sizeof name, "fieldtok%zu", i);
+        char *args[] = {"-m", tokenizer_dir(name, edited), "--tokenize", "x", NULL};
+        expect_error(nano, fields[i].what, fields[i].expect, args);
+        free(edited);
+    }
+    free(small);
 }
