@@ -71,7 +71,7 @@ static void usage(FILE *out) {
             "      --stride N          --perplexity window step (default: half of -c)\n"
             "      --tokenize TEXT     print TEXT's token ids and exit (needs only tokenizer.json)\n"
             "      --tokenize-file P   the same for a file's contents\n"
-            "      --prompt-ids IDS    prompt as token ids, space or comma separated; no template\n"
+            "      --prompt-ids IDS    prompt as token ids, space or comma separated; no template; @PATH reads them from a file\n"
             "Chat:\n"
             "      --system TEXT       system prompt (default: the template's own, if it has one)\n"
             "      --think, --no-think Qwen3: reason before answering (the template's default) or not\n"
@@ -194,24 +194,30 @@ static void parse_args(Options *o, int argc, char **argv) {
 #define ID_SEPARATORS " ,\t\r\n"
 
 // Ids separated by spaces or commas; each must index the embedding.
-static int *parse_prompt_ids(const char *s, int vocab, int *n_out) {
+// The ids of --prompt-ids: the argument itself, or the file it names after '@' (a long prompt does not
+// fit in one command-line argument: Linux allows 128 KB).
+static int *parse_prompt_ids(const char *arg, int vocab, int *n_out) {
+    size_t len;
+    char *text = arg[0] == '@' ? read_file(arg + 1, READ_ANY_SIZE, &len) : strdup(arg);
+    if (!text) fatal("--prompt-ids %s: %s", arg, arg[0] == '@' ? file_error(arg + 1) : "out of memory");
+    const char *where = arg[0] == '@' ? arg : "--prompt-ids";
     int n = 0, cap = 16;
     int *ids = xmalloc((size_t)cap * sizeof *ids);
-    for (const char *p = s;;) {
+    for (const char *p = text;;) {
         while (*p && strchr(ID_SEPARATORS, *p)) p++;
         if (!*p) break;
         char *end;
         errno = 0;
         long v = strtol(p, &end, 10);
-        if (end == p || errno || (*end && !strchr(ID_SEPARATORS, *end)))
-            fatal("--prompt-ids: '%.20s' at token %d is not an integer", p, n);
-        if (v < 0 || v >= vocab) fatal("--prompt-ids: id %ld at token %d is outside the vocabulary [0, %d)", v, n, vocab);
+        if (end == p || errno || (*end && !strchr(ID_SEPARATORS, *end))) fatal("%s: '%.20s' at token %d is not an integer", where, p, n);
+        if (v < 0 || v >= vocab) fatal("%s: id %ld at token %d is outside the vocabulary [0, %d)", where, v, n, vocab);
         if (n == cap) ids = realloc(ids, (size_t)(cap *= 2) * sizeof *ids);
         if (!ids) fatal("out of memory");
         ids[n++] = (int)v;
         p = end;
     }
-    if (!n) fatal("--prompt-ids: no ids given");
+    if (!n) fatal("%s: no ids given", where);
+    free(text);
     *n_out = n;
     return ids;
 }
@@ -579,8 +585,9 @@ static void check_arguments(const Options *o) {
         free(path);
     }
     if (d) closedir(d);
-    in = realloc(in, (size_t)(n_in + 3) * sizeof *in);
+    in = realloc(in, (size_t)(n_in + 4) * sizeof *in);
     if (!in) fatal("out of memory");
+    if (o->prompt_ids && o->prompt_ids[0] == '@') check_input("--prompt-ids", o->prompt_ids + 1, &in[n_in++]);
     if (o->file) check_input("-f", o->file, &in[n_in++]);
     if (o->perplexity) check_input("--perplexity", o->perplexity, &in[n_in++]);
     if (o->tokenize_file) check_input("--tokenize-file", o->tokenize_file, &in[n_in++]);
@@ -1012,6 +1019,14 @@ static void batch_mode(Session *s, const Options *o, Batch *b) {
 
 // --perplexity: windows of ctx tokens, each starting stride after the last; a window scores only the
 // tokens no earlier window scored, so every token after the first is predicted exactly once.
+// log(sum(exp(row))) over n logits, shifted by the largest.
+static double log_sum_exp(const float *row, size_t n) {
+    double max = row[0], sum = 0;
+    for (size_t v = 1; v < n; v++) max = row[v] > max ? row[v] : max;
+    for (size_t v = 0; v < n; v++) sum += exp(row[v] - max);
+    return max + log(sum);
+}
+
 static void perplexity_mode(Session *s, const Options *o) {
     size_t len;
     char *text = read_file(o->perplexity, READ_ANY_SIZE, &len);
@@ -1028,24 +1043,41 @@ static void perplexity_mode(Session *s, const Options *o) {
     if (S > C) fatal("--stride %d is longer than the window (-c %d): tokens would go unscored", S, C);
     size_t V = (size_t)s->m.cfg.vocab;
     int B = o->batch;
-    float *logits = xmalloc((size_t)B * V * sizeof(float));
-    double nll = 0, t0 = now_seconds();
-    int scored = 0, scored_end = 1;  // the first token is never predicted
+    // Quality of a KV format: the same windows through the exact cache (f32, reference path) or, on the
+    // GPU, bf16; llama-perplexity --kl-divergence's figures against it.
+    KVFormat base_kv = strcmp(s->engine->name, "ref") ? KV_BF16 : KV_F32;
+    Engine *base = s->kv == base_kv ? NULL : open_engine(o, &s->m, s->ctx, base_kv);
+    float *logits = xmalloc((size_t)B * V * sizeof(float)), *base_logits = base ? xmalloc((size_t)B * V * sizeof(float)) : NULL;
+    double nll = 0, base_nll = 0, kld = 0, max_kld = 0, t0 = now_seconds();
+    int scored = 0, scored_end = 1, same_top = 0;  // the first token is never predicted
     for (int begin = 0;; begin += S) {
         int end = begin + C < n ? begin + C : n;
         for (int k = begin; k < end - 1; k += B) {  // rows predict ids[k+1 ...]
             int T = end - 1 - k < B ? end - 1 - k : B;
             s->engine->forward(s->engine, ids + k, T, k - begin, logits, 1);
             check_logits(logits, T, (int)V, k - begin);
+            if (base) base->forward(base, ids + k, T, k - begin, base_logits, 1);
             for (int r = 0; r < T; r++) {
                 int target = k + r + 1;
                 if (target < scored_end) continue;
                 const float *row = logits + (size_t)r * V;
-                double max = row[0], sum = 0;
-                for (size_t v = 1; v < V; v++) max = row[v] > max ? row[v] : max;
-                for (size_t v = 0; v < V; v++) sum += exp(row[v] - max);
-                nll += max + log(sum) - row[ids[target]];
+                double lse = log_sum_exp(row, V);
+                nll += lse - row[ids[target]];
                 scored++;
+                if (!base) continue;
+                const float *brow = base_logits + (size_t)r * V;
+                double blse = log_sum_exp(brow, V), kl = 0;
+                size_t top = 0, btop = 0;
+                for (size_t v = 0; v < V; v++) {
+                    double lp = brow[v] - blse;
+                    kl += exp(lp) * (lp - (row[v] - lse));
+                    if (row[v] > row[top]) top = v;
+                    if (brow[v] > brow[btop]) btop = v;
+                }
+                base_nll += blse - brow[ids[target]];
+                kld += kl;
+                max_kld = kl > max_kld ? kl : max_kld;
+                same_top += top == btop;
             }
         }
         scored_end = end;
@@ -1054,9 +1086,15 @@ static void perplexity_mode(Session *s, const Options *o) {
     double dt = now_seconds() - t0;
     printf("perplexity: %.4f over %d scored tokens of %d (ctx %d, stride %d), mean nll %.6f\n", exp(nll / scored), scored, n, C, S,
            nll / scored);
+    if (base)
+        printf("vs %s KV: perplexity %.4f, change %+.3f%%, mean KLD %.3e, max KLD %.3e, same top-1 %.2f%% (%d of %d)\n",
+               kv_format_name(base_kv), exp(base_nll / scored), 100 * (exp((nll - base_nll) / scored) - 1), kld / scored, max_kld,
+               100.0 * same_top / scored, same_top, scored);
     out_check(stdout, "stdout");
     fprintf(stderr, "nano: perplexity took %.1f s, %.1f tok/s | %s, %s KV\n", dt, dt > 0 ? scored / dt : 0.0, s->engine->name,
             kv_format_name(s->kv));
+    if (base) base->free(base);
+    free(base_logits);
     free(logits);
     free(ids);
     free(text);

@@ -36,5 +36,6 @@ void test_tokenizer_cli(const char *nano);   // tests/test_tokenizer.c: --tokeni
 void test_sampling(void);                    // tests/test_modes.c: the sampler on known logits
 void test_modes(const char *nano, int first); // tests/test_modes.c: -p, -f, --perplexity, -i on the tiny model
 void test_files(const char *nano, int first); // tests/test_files.c: big files, write errors, --resume, locks, encodings
+void test_kv(void);                          // tests/test_kv.c: KV cache formats, f16 rounding, wide key channels
 
 #endif
