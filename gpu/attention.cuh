@@ -12,6 +12,7 @@
 template <int HP, KVCodec KC, KVCodec VC, bool WIDE>
 __device__ void attention_unit(const DecodeParams &p, int layer, int g, int c, int CL, int n, int n_chunks, float *sm) {
     constexpr int UA = HP >= 4 ? 2 : HP == 2 ? 4 : 8;  // positions in flight per lane group (registers permitting)
+    constexpr bool PREFETCH = KC != KVC_BF16;
     const Dims &d = p.d;
     const int D = d.D, LG = D >> 3, GPW = 32 / LG;
     const int nhs = (d.gs + HP - 1) / HP, wps = NW / nhs;
@@ -47,6 +48,21 @@ __device__ void attention_unit(const DecodeParams &p, int layer, int g, int c, i
     if (act) {
         const int step = wps * GPW;
         for (int jb = c0 + wis * GPW; jb < c1; jb += step * UA) {
+            // The next iteration's rows into L2 now (no registers held): its loads then wait for L2, not
+            // DRAM. The loads in flight are bounded by registers; the compressed formats hold fewer bytes
+            // in them, so this is what keeps their rows streaming.
+            if (PREFETCH) {
+#pragma unroll
+                for (int a = 0; a < UA; a++) {
+                    int j = jb + step * UA + a * step + lg;
+                    if (j < c1) {
+                        if (li * 128 < (int)kdb) prefetch_l2(K + j * kdb + li * 128);
+                        if (li * 128 < (int)vdb) prefetch_l2(V + j * vdb + li * 128);
+                        if (li == LG - 1 && kab) prefetch_l2(Ka + j * kab);
+                        if (li == LG - 1 && vab) prefetch_l2(Va + j * vab);
+                    }
+                }
+            }
             KVChunk kr[UA], vr[UA];
             float wv[UA];
 #pragma unroll
