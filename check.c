@@ -84,6 +84,26 @@ static void check_gpu_hook(void *ctx, int layer, int stage, const float *x, int 
     }
 }
 
+double log_sum_exp(const float *x, size_t n) {
+    double max = x[0], sum = 0;
+    for (size_t i = 1; i < n; i++) max = x[i] > max ? x[i] : max;
+    for (size_t i = 0; i < n; i++) sum += exp(x[i] - max);
+    return max + log(sum);
+}
+
+double logits_kld(const float *ref, const float *got, size_t n, int *ref_top, int *got_top) {
+    double lr = log_sum_exp(ref, n), lg = log_sum_exp(got, n), kl = 0;
+    int a = 0, b = 0;
+    for (size_t i = 0; i < n; i++) {
+        double p = ref[i] - lr;
+        kl += exp(p) * (p - (got[i] - lg));
+        if (ref[i] > ref[a]) a = (int)i;
+        if (got[i] > got[b]) b = (int)i;
+    }
+    *ref_top = a, *got_top = b;
+    return kl;
+}
+
 #define CHECK_TOL 1e-2  // max |gpu - ref| over max |ref| of a layer's residual; the fixtures measure <= 6e-4 (README)
 
 int gpu_check(const Model *m, const int *ids, int n, int n_decode, int capacity, int batch, int wo_split, KVFormat kv) {
@@ -114,22 +134,12 @@ int gpu_check(const Model *m, const int *ids, int n, int n_decode, int capacity,
         gpu->forward(gpu, in, T, done, lg, 1);
         for (int t = 0; t < T; t++) {
             const float *a = lr + t * V, *b = lg + t * V;
-            int ar = 0, ag = 0;
-            double mr = a[0], mg = b[0];
             for (size_t i = 0; i < V; i++) {
                 double dd = fabs((double)a[i] - b[i]);
                 if (!(dd <= max_logit_diff)) max_logit_diff = dd;
-                if (a[i] > a[ar]) ar = (int)i;
-                if (b[i] > b[ag]) ag = (int)i;
             }
-            mr = a[ar], mg = b[ag];
-            double zr = 0, zg = 0, kl = 0;
-            for (size_t i = 0; i < V; i++) zr += exp(a[i] - mr), zg += exp(b[i] - mg);
-            for (size_t i = 0; i < V; i++) {
-                double pr = exp(a[i] - mr) / zr;
-                if (pr > 0) kl += pr * ((a[i] - mr - log(zr)) - (b[i] - mg - log(zg)));
-            }
-            kld += kl;
+            int ar, ag;
+            kld += logits_kld(a, b, V, &ar, &ag);
             top1 += ar == ag;
             rows++;
             tok = ar;

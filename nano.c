@@ -1019,14 +1019,6 @@ static void batch_mode(Session *s, const Options *o, Batch *b) {
 
 // --perplexity: windows of ctx tokens, each starting stride after the last; a window scores only the
 // tokens no earlier window scored, so every token after the first is predicted exactly once.
-// log(sum(exp(row))) over n logits, shifted by the largest.
-static double log_sum_exp(const float *row, size_t n) {
-    double max = row[0], sum = 0;
-    for (size_t v = 1; v < n; v++) max = row[v] > max ? row[v] : max;
-    for (size_t v = 0; v < n; v++) sum += exp(row[v] - max);
-    return max + log(sum);
-}
-
 static void perplexity_mode(Session *s, const Options *o) {
     size_t len;
     char *text = read_file(o->perplexity, READ_ANY_SIZE, &len);
@@ -1066,15 +1058,9 @@ static void perplexity_mode(Session *s, const Options *o) {
                 scored++;
                 if (!base) continue;
                 const float *brow = base_logits + (size_t)r * V;
-                double blse = log_sum_exp(brow, V), kl = 0;
-                size_t top = 0, btop = 0;
-                for (size_t v = 0; v < V; v++) {
-                    double lp = brow[v] - blse;
-                    kl += exp(lp) * (lp - (row[v] - lse));
-                    if (row[v] > row[top]) top = v;
-                    if (brow[v] > brow[btop]) btop = v;
-                }
-                base_nll += blse - brow[ids[target]];
+                int top, btop;
+                double kl = logits_kld(brow, row, V, &btop, &top);
+                base_nll += log_sum_exp(brow, V) - brow[ids[target]];
                 kld += kl;
                 max_kld = kl > max_kld ? kl : max_kld;
                 same_top += top == btop;

@@ -380,7 +380,7 @@ void ref_engine_set_hook(Engine *e, LayerHook hook, void *ctx);  // ref.c
 #endif
 
 // ---------------------------------------------------------------------------------------------
-// --check (check.c): the GPU engine against the reference path
+// --check (check.c): the GPU engine against the reference path, and logit agreement
 
 // The weights as the GPU engine computes with them: a copy of m's views whose matrices are bf16
 // (f16/f32 ones rounded into new buffers; bf16 ones shared with m). Norms and biases stay as stored.
@@ -394,6 +394,11 @@ void rounded_model_free(Model *r);
 // attention and after the MLP (and relative to the reference's largest |value| there), the logits'
 // agreement, and the first layer beyond the tolerance. Returns 0 when no layer exceeds it, else 1.
 int gpu_check(const Model *m, const int *ids, int n, int n_decode, int capacity, int batch, int wo_split, KVFormat kv);
+
+// Agreement of two logit rows (--check, --perplexity against the exact cache, the GPU tests):
+// KL(softmax(ref) || softmax(got)) over n logits, and each row's argmax (the first of equals).
+double logits_kld(const float *ref, const float *got, size_t n, int *ref_top, int *got_top);
+double log_sum_exp(const float *x, size_t n);  // log(sum(exp(x))), shifted by the largest
 
 // ---------------------------------------------------------------------------------------------
 // Files (files.c)
