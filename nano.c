@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/random.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -18,6 +19,7 @@
 #error "nano reads little-endian safetensors in place and needs a little-endian host"
 #endif
 
+#define NANO_VERSION "0.1.0"
 #define DEFAULT_CTX 4096
 #define DEFAULT_BATCH 128
 #define DEFAULT_N_PREDICT 256
@@ -41,7 +43,11 @@ typedef struct {
     // Sampling flags; negative: not given, so generation_config.json decides.
     float temp, top_p, min_p, repeat_penalty;
     int top_k;
-    uint64_t seed;
+    int64_t seed;         // -1: random, drawn once at start
+    const char **stops;   // --stop strings, in order given
+    int n_stops;
+    int threads;          // reference path; 0: every core
+    int verbose_prompt, quiet;
     int print_ids;
     int force_ref;
     KVFormat kv;
@@ -124,6 +130,19 @@ static float parse_float(const char *flag, const char *s, float lo, float hi) {
     return (float)v;
 }
 
+#define SEED_MAX 0x7fffffffffffffffL
+
+// A seed nobody chose: printed with the timings, so the run can be repeated with -s.
+static int64_t random_seed(void) {
+    uint32_t r;
+    if (getentropy(&r, sizeof r) != 0) r = (uint32_t)time(NULL) ^ (uint32_t)getpid() << 16;
+    return r;
+}
+
+static void print_version(void) {
+    printf("nano %s (commit %s), GPU engine: %s\n", NANO_VERSION, nano_commit, nano_gpu_build() ? nano_gpu_build() : "compiled out");
+}
+
 static int is_flag(const char *a, const char *s, const char *l) { return (s && !strcmp(a, s)) || !strcmp(a, l); }
 
 static void parse_args(Options *o, int argc, char **argv) {
@@ -133,7 +152,7 @@ static void parse_args(Options *o, int argc, char **argv) {
     o->temp = o->top_p = o->min_p = o->repeat_penalty = -1;
     o->top_k = -1;
     o->think = -1;
-    o->seed = 42;
+    o->seed = -1;
     o->kv = KV_N_FORMATS;  // the model's default (kv_default)
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
@@ -141,7 +160,13 @@ static void parse_args(Options *o, int argc, char **argv) {
             usage(stdout);
             exit(0);
         }
+        if (!strcmp(a, "--version")) {
+            print_version();
+            exit(0);
+        }
         if (!strcmp(a, "--print-ids")) o->print_ids = 1;
+        else if (!strcmp(a, "--verbose-prompt")) o->verbose_prompt = 1;
+        else if (is_flag(a, "-q", "--quiet")) o->quiet = 1;
         else if (!strcmp(a, "--ref")) o->force_ref = 1;
         else if (!strcmp(a, "--check")) o->check = 1;
         else if (is_flag(a, "-i", "--interactive")) o->interactive = 1;
@@ -171,7 +196,14 @@ static void parse_args(Options *o, int argc, char **argv) {
             else if (!strcmp(a, "--top-p")) o->top_p = parse_float(a, v, 0.0f, 1.0f);
             else if (!strcmp(a, "--min-p")) o->min_p = parse_float(a, v, 0.0f, 1.0f);
             else if (!strcmp(a, "--repeat-penalty")) o->repeat_penalty = parse_float(a, v, 0.01f, 100.0f);
-            else if (is_flag(a, "-s", "--seed")) o->seed = (uint64_t)parse_long(a, v, 0, 0x7fffffffffffffffL);
+            else if (is_flag(a, "-s", "--seed")) o->seed = parse_long(a, v, -1, SEED_MAX);
+            else if (is_flag(a, "-t", "--threads")) o->threads = (int)parse_long(a, v, 1, 1024);
+            else if (!strcmp(a, "--stop")) {
+                if (!v[0]) fatal("--stop: expected a non-empty string");
+                o->stops = realloc(o->stops, (size_t)(o->n_stops + 1) * sizeof *o->stops);
+                if (!o->stops) fatal("out of memory");
+                o->stops[o->n_stops++] = v;
+            }
             else if (!strcmp(a, "--wo-split")) {
                 o->wo_split = (int)parse_long(a, v, 1, 8);
                 if (!wo_split_valid(o->wo_split)) fatal("--wo-split: expected 1, 2, 4 or 8, got '%s'", v);
@@ -189,6 +221,8 @@ static void parse_args(Options *o, int argc, char **argv) {
     if (o->resume && !o->out) fatal("--resume needs -o: it continues the results file of an earlier run");
     if (o->dump_logits && !o->prompt_ids) fatal("--dump-logits works with --prompt-ids");
     if (o->check && !o->prompt_ids) fatal("--check works with --prompt-ids");
+    if (o->n_stops && o->print_ids) fatal("--stop matches generated text; it does not combine with --print-ids");
+    if (o->seed < 0) o->seed = random_seed();
 }
 
 #define ID_SEPARATORS " ,\t\r\n"

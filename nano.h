@@ -353,6 +353,10 @@ char *chat_render_next(const ChatTemplate *ct, const char *user, int thinking);
 #ifdef __cplusplus
 extern "C" {
 #endif
+// What --version says of the GPU engine: "CUDA 12.4" (cublas_lazy.c), or NULL in a build without nvcc,
+// where gpu_none.c stands in for kernels.cu and cuda_device_count() reports no GPU.
+const char *nano_gpu_build(void);
+extern const char nano_commit[];  // build/version.c, written by make from git
 // Number of usable CUDA devices; 0 with a reason in why (no driver, no device) otherwise.
 int cuda_device_count(char *why, size_t whylen);
 
