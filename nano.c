@@ -5,6 +5,7 @@
 #include <fcntl.h>
 #include <math.h>
 #include <signal.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -23,6 +24,29 @@
 #define DEFAULT_CTX 4096
 #define DEFAULT_BATCH 128
 #define DEFAULT_N_PREDICT 256
+#define BATCH_FAILED 3  // exit status of -f when some prompts failed (their results carry the error)
+
+// The sampling settings, as flags and as keys of a batch JSON line, with their ranges and their field.
+typedef struct {
+    const char *flag, *key;
+    double lo, hi;
+    size_t offset;  // in SamplerConfig
+    int integer;
+} Setting;
+static const Setting settings[] = {
+    {"--temp", "temperature", 0, 100, offsetof(SamplerConfig, temp), 0},
+    {"--top-k", "top_k", 0, 1 << 24, offsetof(SamplerConfig, top_k), 1},
+    {"--top-p", "top_p", 0, 1, offsetof(SamplerConfig, top_p), 0},
+    {"--min-p", "min_p", 0, 1, offsetof(SamplerConfig, min_p), 0},
+    {"--repeat-penalty", "repeat_penalty", 0.01, 100, offsetof(SamplerConfig, repeat_penalty), 0},
+};
+#define N_SETTINGS (int)(sizeof settings / sizeof *settings)
+
+static void setting_apply(SamplerConfig *c, int i, double v) {
+    char *field = (char *)c + settings[i].offset;
+    if (settings[i].integer) *(int *)field = (int)v;
+    else *(float *)field = (float)v;
+}
 
 typedef struct {
     const char *model_dir;
@@ -40,9 +64,7 @@ typedef struct {
     int ctx;     // 0: default
     int stride;  // perplexity; 0: ctx / 2
     int batch;
-    // Sampling flags; negative: not given, so generation_config.json decides.
-    float temp, top_p, min_p, repeat_penalty;
-    int top_k;
+    double sampling[N_SETTINGS];  // the flags of settings[]; NAN: not given, so generation_config.json decides
     int64_t seed;         // -1: random, drawn once at start
     const char **stops;   // --stop strings, in order given
     int n_stops;
@@ -145,12 +167,18 @@ static void print_version(void) {
 
 static int is_flag(const char *a, const char *s, const char *l) { return (s && !strcmp(a, s)) || !strcmp(a, l); }
 
+// The setting named by a flag (by_flag) or a batch key; -1 if none.
+static int setting_index(const char *name, int by_flag) {
+    for (int k = 0; k < N_SETTINGS; k++)
+        if (!strcmp(name, by_flag ? settings[k].flag : settings[k].key)) return k;
+    return -1;
+}
+
 static void parse_args(Options *o, int argc, char **argv) {
     memset(o, 0, sizeof *o);
     o->n_predict = DEFAULT_N_PREDICT;
     o->batch = DEFAULT_BATCH;
-    o->temp = o->top_p = o->min_p = o->repeat_penalty = -1;
-    o->top_k = -1;
+    for (int k = 0; k < N_SETTINGS; k++) o->sampling[k] = NAN;
     o->think = -1;
     o->seed = -1;
     o->kv = KV_N_FORMATS;  // the model's default (kv_default)
@@ -177,6 +205,7 @@ static void parse_args(Options *o, int argc, char **argv) {
         else {
             if (a[0] != '-') fatal("unexpected argument '%s' (see --help)", a);
             const char *v = argv[i + 1];  // NULL after the last argument; an unknown flag is named first
+            int k;
             if (is_flag(a, "-m", "--model")) o->model_dir = need(a, v);
             else if (is_flag(a, "-p", "--prompt")) o->prompt = need(a, v);
             else if (!strcmp(a, "--prompt-ids")) o->prompt_ids = need(a, v);
@@ -191,15 +220,14 @@ static void parse_args(Options *o, int argc, char **argv) {
             else if (is_flag(a, "-c", "--ctx")) o->ctx = (int)parse_long(a, v, 1, 1 << 24);
             else if (!strcmp(a, "--stride")) o->stride = (int)parse_long(a, v, 1, 1 << 24);
             else if (is_flag(a, "-b", "--batch")) o->batch = (int)parse_long(a, v, 1, 1 << 16);
-            else if (!strcmp(a, "--temp")) o->temp = parse_float(a, v, 0.0f, 100.0f);
-            else if (!strcmp(a, "--top-k")) o->top_k = (int)parse_long(a, v, 0, 1 << 24);
-            else if (!strcmp(a, "--top-p")) o->top_p = parse_float(a, v, 0.0f, 1.0f);
-            else if (!strcmp(a, "--min-p")) o->min_p = parse_float(a, v, 0.0f, 1.0f);
-            else if (!strcmp(a, "--repeat-penalty")) o->repeat_penalty = parse_float(a, v, 0.01f, 100.0f);
+            else if ((k = setting_index(a, 1)) >= 0) {
+                const Setting *t = &settings[k];
+                o->sampling[k] = t->integer ? parse_long(a, v, (long)t->lo, (long)t->hi) : parse_float(a, v, (float)t->lo, (float)t->hi);
+            }
             else if (is_flag(a, "-s", "--seed")) o->seed = parse_long(a, v, -1, SEED_MAX);
             else if (is_flag(a, "-t", "--threads")) o->threads = (int)parse_long(a, v, 1, 1024);
             else if (!strcmp(a, "--stop")) {
-                if (!v[0]) fatal("--stop: expected a non-empty string");
+                if (!need(a, v)[0]) fatal("--stop: expected a non-empty string");
                 o->stops = realloc(o->stops, (size_t)(o->n_stops + 1) * sizeof *o->stops);
                 if (!o->stops) fatal("out of memory");
                 o->stops[o->n_stops++] = v;
@@ -283,6 +311,8 @@ typedef struct {
     int pos;             // how many
     float *logits;       // [vocab] after the last token fed
     KVFormat kv;
+    uint64_t seed;       // the sampler's, for the timings line
+    int quiet;           // -q: no settings or timings lines
     double load_s;
 } Session;
 
@@ -341,11 +371,8 @@ static int check_mode(const Options *o) {
 // Flags override the model's generation_config.json.
 static SamplerConfig sampling_settings(const Options *o, const Config *c) {
     SamplerConfig s = c->sampling;
-    if (o->temp >= 0) s.temp = o->temp;
-    if (o->top_k >= 0) s.top_k = o->top_k;
-    if (o->top_p >= 0) s.top_p = o->top_p;
-    if (o->min_p >= 0) s.min_p = o->min_p;
-    if (o->repeat_penalty >= 0) s.repeat_penalty = o->repeat_penalty;
+    for (int k = 0; k < N_SETTINGS; k++)
+        if (!isnan(o->sampling[k])) setting_apply(&s, k, o->sampling[k]);
     return s;
 }
 
@@ -367,8 +394,18 @@ static void session_open(Session *s, const Options *o, int need_tokenizer) {
     // Never sample an id the tokenizer cannot print: the embedding usually has padding rows past it.
     int n_ids = s->tok && tokenizer_n_ids(s->tok) < c->vocab ? tokenizer_n_ids(s->tok) : c->vocab;
     SamplerConfig sc = sampling_settings(o, c);
-    sampler_init(&s->sampler, &sc, n_ids, o->seed);
+    s->seed = (uint64_t)o->seed;
+    s->quiet = o->quiet;
+    sampler_init(&s->sampler, &sc, n_ids, s->seed);
     s->load_s = now_seconds() - t0;
+}
+
+// The sampling settings in force, once, when a mode has checked its input and starts generating.
+static void show_settings(const Session *s, const char *note) {
+    const SamplerConfig *c = &s->sampler.c;
+    if (s->quiet) return;
+    fprintf(stderr, "nano: sampling: temp %g%s, top-k %d, top-p %g, min-p %g, repeat-penalty %g, seed %llu%s\n", c->temp,
+            c->temp == 0 ? " (greedy)" : "", c->top_k, c->top_p, c->min_p, c->repeat_penalty, (unsigned long long)s->seed, note);
 }
 
 static void session_close(Session *s) {
@@ -428,6 +465,8 @@ static int is_eos(const Config *c, int id) {
 }
 
 // Where generated text goes: a stream (stdout, as it comes) or a growing buffer (batch results).
+// With stop strings, text that could be the start of one is held back until it is known not to be;
+// a stop string found in the text ends the reply there, unprinted.
 typedef struct {
     FILE *stream;
     char *buf;
@@ -435,22 +474,63 @@ typedef struct {
     int print_ids;  // ids instead of text
     int n_written;
     Utf8Stream utf8;
+    const char *const *stops;
+    int n_stops;
+    char *held;  // text not yet written: it may begin a stop string
+    size_t held_len;
+    int stopped;  // a stop string was found
 } Sink;
 
+static void buf_append(char **buf, size_t *len, size_t *cap, const char *s, size_t n) {
+    if (*len + n + 1 > *cap) {
+        *cap = (*len + n + 1) * 2;
+        *buf = realloc(*buf, *cap);
+        if (!*buf) fatal("out of memory");
+    }
+    memcpy(*buf + *len, s, n);
+    *len += n;
+    (*buf)[*len] = 0;
+}
+
 static void sink_write(Sink *k, const char *s, size_t n) {
-    if (k->stream) {
-        fwrite(s, 1, n, k->stream);
-        out_check(k->stream, "stdout");
+    if (!k->stream) {
+        buf_append(&k->buf, &k->len, &k->cap, s, n);
         return;
     }
-    if (k->len + n + 1 > k->cap) {
-        k->cap = (k->len + n + 1) * 2;
-        k->buf = realloc(k->buf, k->cap);
-        if (!k->buf) fatal("out of memory");
+    fwrite(s, 1, n, k->stream);
+    out_check(k->stream, "stdout");
+}
+
+// Text for the output: written up to the first stop string, or up to where one might begin.
+static void sink_text(Sink *k, const char *s, size_t n) {
+    if (k->stopped) return;
+    if (!k->n_stops) {
+        sink_write(k, s, n);
+        return;
     }
-    memcpy(k->buf + k->len, s, n);
-    k->len += n;
-    k->buf[k->len] = 0;
+    size_t cap = k->held_len + 1;
+    buf_append(&k->held, &k->held_len, &cap, s, n);
+    size_t cut = k->held_len;  // the earliest stop string's start
+    for (int i = 0; i < k->n_stops; i++) {
+        const char *at = memmem(k->held, k->held_len, k->stops[i], strlen(k->stops[i]));
+        if (at && (size_t)(at - k->held) < cut) cut = (size_t)(at - k->held);
+    }
+    size_t keep = 0;  // the longest tail that a stop string begins with
+    if (cut < k->held_len) k->stopped = 1;
+    else
+        for (int i = 0; i < k->n_stops; i++) {
+            size_t l = strlen(k->stops[i]);
+            for (size_t t = l - 1 < k->held_len ? l - 1 : k->held_len; t > keep; t--)
+                if (!memcmp(k->held + k->held_len - t, k->stops[i], t)) {
+                    keep = t;
+                    break;
+                }
+        }
+    if (k->stopped) keep = 0;
+    else cut = k->held_len - keep;
+    sink_write(k, k->held, cut);
+    memmove(k->held, k->held + k->held_len - keep, keep);
+    k->held_len = keep;
 }
 
 static void sink_token(Sink *k, const Tokenizer *tok, int id) {
@@ -465,13 +545,17 @@ static void sink_token(Sink *k, const Tokenizer *tok, int id) {
     if (!bytes || tokenizer_is_special(tok, id)) return;
     for (size_t done = 0; done < len; done += 64) {  // text[] holds the output of 64 bytes
         size_t n = len - done < 64 ? len - done : 64;
-        sink_write(k, text, utf8_stream_push(&k->utf8, bytes + done, n, text));
+        sink_text(k, text, utf8_stream_push(&k->utf8, bytes + done, n, text));
     }
 }
 
 static void sink_finish(Sink *k) {
     char text[16];
-    sink_write(k, text, utf8_stream_finish(&k->utf8, text));
+    sink_text(k, text, utf8_stream_finish(&k->utf8, text));
+    if (!k->stopped) sink_write(k, k->held, k->held_len);
+    free(k->held);
+    k->held = NULL;
+    k->held_len = 0;
 }
 
 // Generates up to n_predict tokens after what the cache holds. The stop token ends the reply and is
@@ -494,6 +578,10 @@ static Finish session_generate(Session *s, int n_predict, Sink *out, GenStats *s
         }
         sink_token(out, s->tok, id);
         st->n_gen++;
+        if (out->stopped) {
+            finish = FINISH_STOP;
+            break;
+        }
         if (s->pos == s->ctx) {
             finish = FINISH_CONTEXT;
             break;
@@ -509,12 +597,15 @@ static Finish session_generate(Session *s, int n_predict, Sink *out, GenStats *s
 }
 
 // Like llama.cpp's timings: load, prompt and generation speed, on stderr after every generation.
+// The seed is there so that a sampled reply can be had again with -s.
 static void print_timings(const Session *s, const GenStats *st) {
     out_check(stdout, "stdout");  // the reply first, when both go to one place
-    fprintf(stderr, "nano: load %.0f ms | prompt %d tok, %.1f ms, %.2f tok/s | generated %d tok, %.1f ms, %.2f tok/s | %s, %s KV\n",
+    if (s->quiet) return;
+    fprintf(stderr,
+            "nano: load %.0f ms | prompt %d tok, %.1f ms, %.2f tok/s | generated %d tok, %.1f ms, %.2f tok/s | %s, %s KV | seed %llu\n",
             s->load_s * 1e3, st->n_prompt, st->prompt_s * 1e3, st->prompt_s > 0 ? st->n_prompt / st->prompt_s : 0.0, st->n_gen,
             st->gen_s * 1e3, st->gen_s > 0 && st->n_gen > 1 ? (st->n_gen - 1) / st->gen_s : 0.0, s->engine->name,
-            kv_format_name(s->kv));
+            kv_format_name(s->kv), (unsigned long long)s->seed);
 }
 
 // The ids of a user's text: the chat template around it unless --raw (or the model has none).
@@ -622,7 +713,7 @@ static void check_arguments(const Options *o) {
     in = realloc(in, (size_t)(n_in + 4) * sizeof *in);
     if (!in) fatal("out of memory");
     if (o->prompt_ids && o->prompt_ids[0] == '@') check_input("--prompt-ids", o->prompt_ids + 1, &in[n_in++]);
-    if (o->file) check_input("-f", o->file, &in[n_in++]);
+    if (o->file && strcmp(o->file, "-")) check_input("-f", o->file, &in[n_in++]);
     if (o->perplexity) check_input("--perplexity", o->perplexity, &in[n_in++]);
     if (o->tokenize_file) check_input("--tokenize-file", o->tokenize_file, &in[n_in++]);
     if (o->out) check_output("-o", o->out, in, n_in);
@@ -693,7 +784,8 @@ static void prompt_ids_mode(Session *s, const Options *o) {
     if (all) write_logits(o->dump_logits, all, n_all);
     free(all);
     st.prompt_s = now_seconds() - t0;
-    Sink out = {.stream = stdout, .print_ids = o->print_ids};
+    Sink out = {.stream = stdout, .print_ids = o->print_ids, .stops = o->stops, .n_stops = o->n_stops};
+    if (o->n_predict) show_settings(s, "");
     if (session_generate(s, o->n_predict, &out, &st) == FINISH_CONTEXT)
         fprintf(stderr, "\nnano: context of %d tokens is full; stopping\n", s->ctx);
     if (st.n_gen) printf("\n");
@@ -711,7 +803,8 @@ static void prompt_mode(Session *s, const Options *o) {
     double t0 = now_seconds();
     if (session_feed(s, ids, n, NULL, err, sizeof err)) fatal("-p: %s", err);
     st.prompt_s = now_seconds() - t0;
-    Sink out = {.stream = stdout, .print_ids = o->print_ids};
+    Sink out = {.stream = stdout, .print_ids = o->print_ids, .stops = o->stops, .n_stops = o->n_stops};
+    show_settings(s, "");
     Finish f = session_generate(s, o->n_predict, &out, &st);
     printf("\n");
     if (f == FINISH_CONTEXT) fprintf(stderr, "nano: context of %d tokens is full; stopping\n", s->ctx);
@@ -791,7 +884,7 @@ static void interactive_mode(Session *s, const Options *o) {
         free(ids);
         turn++;
         st.prompt_s = now_seconds() - t0;
-        Sink out = {.stream = stdout, .print_ids = o->print_ids};
+        Sink out = {.stream = stdout, .print_ids = o->print_ids, .stops = o->stops, .n_stops = o->n_stops};
         Finish f = session_generate(s, o->n_predict, &out, &st);
         printf("\n");
         fflush(stdout);
@@ -823,39 +916,82 @@ typedef struct {
     char *prompt, *system;
     int n_predict;
     uint64_t seed;
+    SamplerConfig sampling;
+    char **stops;  // the line's "stop", else --stop's (borrowed then)
+    int n_stops, own_stops;
 } BatchItem;
 
-// A line of the prompts file: plain text, or a JSON object with "prompt" and optional settings.
-static int parse_batch_line(const char *line, const Options *o, BatchItem *it, char *err, size_t errlen) {
-    *it = (BatchItem){NULL, NULL, o->n_predict, o->seed};
+static void batch_item_free(BatchItem *it) {
+    free(it->prompt);
+    free(it->system);
+    if (it->own_stops)
+        for (int i = 0; i < it->n_stops; i++) free(it->stops[i]);
+    if (it->own_stops) free(it->stops);
+}
+
+// A JSON number that must be in [lo, hi] (and whole when integer); else err names the key.
+static int json_number_in(const JsonNode *v, const char *key, double lo, double hi, int integer, char *err, size_t errlen) {
+    if (v->type == JSON_NUMBER && v->num >= lo && v->num <= hi && (!integer || v->num == floor(v->num))) return 1;
+    snprintf(err, errlen, "\"%s\" must be %s in [%g, %g]", key, integer ? "an integer" : "a number", lo, hi);
+    return 0;
+}
+
+// "stop": one string or an array of them, none empty.
+static int json_stops(const Json *j, const JsonNode *v, BatchItem *it, char *err, size_t errlen) {
+    int n = v->type == JSON_STRING ? 1 : v->type == JSON_ARRAY ? v->count : -1;
+    const JsonNode *e = v->type == JSON_STRING ? v : n > 0 ? json_first(j, v) : NULL;
+    it->stops = xcalloc((size_t)(n > 0 ? n : 1), sizeof *it->stops);
+    it->own_stops = 1;
+    for (; e && it->n_stops < n; e = json_next(j, e)) {
+        if (e->type != JSON_STRING || !e->len) break;
+        it->stops[it->n_stops++] = strdup(e->str);
+    }
+    if (n >= 0 && it->n_stops == n) return 1;
+    snprintf(err, errlen, "\"stop\" must be a non-empty string or an array of them");
+    return 0;
+}
+
+// A line of the prompts file: plain text, or a JSON object with "prompt" and optional settings. Any
+// other key is an error, so a misspelt setting is never silently ignored.
+static int parse_batch_line(const char *line, const Options *o, const SamplerConfig *sampling, BatchItem *it, char *err,
+                            size_t errlen) {
+    *it = (BatchItem){.n_predict = o->n_predict, .seed = (uint64_t)o->seed, .sampling = *sampling, .stops = (char **)o->stops,
+                      .n_stops = o->n_stops};
     if (line[0] != '{') {
         it->prompt = strdup(line);
         return 0;
     }
     Json j;
-    int ok = -1;
-    if (json_parse(&j, line, strlen(line))) {
-        snprintf(err, errlen, "bad JSON: %s", j.err);
-    } else {
-        const JsonNode *r = json_root(&j), *p = json_get(&j, r, "prompt"), *n = json_get(&j, r, "n_predict");
-        const JsonNode *sys = json_get(&j, r, "system"), *seed = json_get(&j, r, "seed");
-        if (!p || p->type != JSON_STRING) snprintf(err, errlen, "a JSON line needs a \"prompt\" string");
-        else if (n && (n->type != JSON_NUMBER || n->num != floor(n->num) || n->num < 0 || n->num > 1 << 30))
-            snprintf(err, errlen, "\"n_predict\" must be an integer >= 0");
-        else if (sys && sys->type != JSON_STRING) snprintf(err, errlen, "\"system\" must be a string");
-        else if (seed && (seed->type != JSON_NUMBER || seed->num != floor(seed->num) || seed->num < 0 || seed->num > 9007199254740992.0))
-            snprintf(err, errlen, "\"seed\" must be an integer >= 0");
-        else {
-            it->prompt = strdup(p->str);
-            if (sys) it->system = strdup(sys->str);
-            if (n) it->n_predict = (int)n->num;
-            if (seed) it->seed = (uint64_t)seed->num;
+    int ok = json_parse(&j, line, strlen(line)) == 0;
+    if (!ok) snprintf(err, errlen, "bad JSON: %s", j.err);
+    const JsonNode *p = ok ? json_get(&j, json_root(&j), "prompt") : NULL;
+    if (ok && (!p || p->type != JSON_STRING)) {
+        snprintf(err, errlen, "a JSON line needs a \"prompt\" string");
+        ok = 0;
+    }
+    for (const JsonNode *v = ok ? json_first(&j, json_root(&j)) : NULL; v && ok; v = json_next(&j, v)) {
+        int k = setting_index(v->key, 0);
+        if (k >= 0) {
+            if ((ok = json_number_in(v, v->key, settings[k].lo, settings[k].hi, settings[k].integer, err, errlen)))
+                setting_apply(&it->sampling, k, v->num);
+        } else if (!strcmp(v->key, "n_predict")) {
+            if ((ok = json_number_in(v, v->key, 0, 1 << 30, 1, err, errlen))) it->n_predict = (int)v->num;
+        } else if (!strcmp(v->key, "seed")) {
+            if ((ok = json_number_in(v, v->key, 0, 9007199254740992.0, 1, err, errlen))) it->seed = (uint64_t)v->num;
+        } else if (!strcmp(v->key, "system")) {
+            if (!(ok = v->type == JSON_STRING)) snprintf(err, errlen, "\"system\" must be a string");
+            else it->system = strdup(v->str);
+        } else if (!strcmp(v->key, "stop")) {
+            ok = json_stops(&j, v, it, err, errlen);
+        } else if (strcmp(v->key, "prompt")) {
+            snprintf(err, errlen, "unknown key \"%.40s\" (expected prompt, system, n_predict, seed, temperature, top_k, top_p, "
+                                  "min_p, repeat_penalty or stop)", v->key);
             ok = 0;
         }
     }
+    it->prompt = strdup(ok ? p->str : line);  // a bad line is reported back as written
     json_free(&j);
-    if (ok) it->prompt = strdup(line);  // reported back as written
-    return ok;
+    return ok ? 0 : -1;
 }
 
 static int is_blank(const char *line, size_t len) {
@@ -875,8 +1011,26 @@ typedef struct {
     unsigned char *done;   // [n_lines + 1] a result for this line is in -o already (--resume)
 } Batch;
 
+// -f -: stdin is copied once into an unlinked temporary file, which the batch then reads like any file.
+static FILE *stdin_copy;
+
 static void open_prompts(LineReader *r, const char *path) {
-    if (lines_open(r, path)) fatal("-f %s: %s", path, file_error(path));
+    if (strcmp(path, "-")) {
+        if (lines_open(r, path)) fatal("-f %s: %s", path, file_error(path));
+        return;
+    }
+    if (!stdin_copy) {
+        char chunk[65536];
+        size_t n;
+        if (!(stdin_copy = tmpfile())) fatal("-f -: no temporary file for stdin: %s", strerror(errno));
+        while ((n = fread(chunk, 1, sizeof chunk, stdin)) > 0)
+            if (fwrite(chunk, 1, n, stdin_copy) != n) fatal("-f -: copying stdin: %s", strerror(errno));
+        if (ferror(stdin) || fflush(stdin_copy) != 0) fatal("-f -: reading stdin: %s", strerror(errno));
+    }
+    FILE *f = fdopen(dup(fileno(stdin_copy)), "rb");
+    if (!f) fatal("-f -: %s", strerror(errno));
+    rewind(f);
+    lines_from(r, f);
 }
 
 static int open_locked(const char *path, int flags) {
@@ -984,13 +1138,17 @@ static void batch_prepare(Batch *b, const Options *o) {
 }
 
 // -f: every prompt from a fresh cache, in input order; each result written and flushed when done.
-static void batch_mode(Session *s, const Options *o, Batch *b) {
+// Returns 0 when every prompt succeeded, else BATCH_FAILED.
+static int batch_mode(Session *s, const Options *o, Batch *b) {
     FILE *out = b->out;
     const char *out_name = o->out ? o->out : "stdout";
-    int progress = isatty(2), n_done = 0, n_err = 0, n_tok = 0;
+    int progress = isatty(2) && !o->quiet, n_done = 0, n_err = 0, n_tok = 0;
     for (long i = 1; i <= b->n_lines; i++) n_done += b->done[i];
     double t_start = now_seconds();
     int skipped = n_done;
+    SamplerConfig defaults = s->sampler.c;
+    char failed[64] = "";  // the first failing ids, for the summary
+    show_settings(s, o->n_stops ? ", --stop; lines may override" : "; lines may override");
     LineReader r;
     open_prompts(&r, o->file);
     while (line_next(&r)) {
@@ -999,16 +1157,19 @@ static void batch_mode(Session *s, const Options *o, Batch *b) {
         BatchItem it = {0};
         char err[200] = "";
         GenStats st = {0};
-        Sink gen = {0};
         double t0 = now_seconds();
         long nul = line_nul(&r);
+        int parsed = 0;
         if (nul >= 0) {
             snprintf(err, sizeof err, "NUL byte at byte offset %ld", nul);
             it.prompt = strdup(r.buf);
-        } else if (parse_batch_line(r.buf, o, &it, err, sizeof err) == 0) {
+        } else parsed = parse_batch_line(r.buf, o, &defaults, &it, err, sizeof err) == 0;
+        Sink gen = {.stops = (const char *const *)it.stops, .n_stops = it.n_stops};
+        if (parsed) {
             int n;
             int *ids = prompt_tokens(s, o, it.system ? it.system : o->system, it.prompt, &n, err, sizeof err);
             s->pos = 0;
+            s->sampler.c = it.sampling;
             sampler_seed(&s->sampler, it.seed);
             if (ids && session_feed(s, ids, n, NULL, err, sizeof err) == 0) {
                 st.n_prompt = n;
@@ -1020,17 +1181,18 @@ static void batch_mode(Session *s, const Options *o, Batch *b) {
         json_string(out, it.prompt ? it.prompt : "");
         fprintf(out, ", \"output\": ");
         json_string(out, gen.buf ? gen.buf : "");
-        fprintf(out, ", \"n_prompt_tokens\": %d, \"n_gen_tokens\": %d, \"finish_reason\": \"%s\", \"ms\": %.1f", st.n_prompt,
-                st.n_gen, err[0] ? "error" : finish_name[st.finish], (now_seconds() - t0) * 1e3);
+        fprintf(out, ", \"n_prompt_tokens\": %d, \"n_gen_tokens\": %d, \"finish_reason\": \"%s\", \"seed\": %llu, \"ms\": %.1f",
+                st.n_prompt, st.n_gen, err[0] ? "error" : finish_name[st.finish], (unsigned long long)it.seed,
+                (now_seconds() - t0) * 1e3);
         if (err[0]) {
             fprintf(out, ", \"error\": ");
             json_string(out, err);
+            if (n_err < 5) snprintf(failed + strlen(failed), sizeof failed - strlen(failed), "%s%ld", n_err ? ", " : "", id);
             n_err++;
         }
         fprintf(out, "}\n");
         out_check(out, out_name);
-        free(it.prompt);
-        free(it.system);
+        batch_item_free(&it);
         free(gen.buf);
         n_done++;
         n_tok += st.n_prompt + st.n_gen;
@@ -1046,9 +1208,13 @@ static void batch_mode(Session *s, const Options *o, Batch *b) {
     double dt = now_seconds() - t_start;
     fprintf(stderr, "nano: %d prompts done (%d skipped as already in %s), %d errors, %d tokens in %.1f s\n", n_done - skipped,
             skipped, o->out ? o->out : "the output", n_err, n_tok, dt);
+    if (n_err)
+        fprintf(stderr, "nano: %d of %d prompts failed (id %s%s); their results say why in \"error\"; exit status %d\n", n_err,
+                n_done - skipped, failed, n_err > 5 ? ", ..." : "", BATCH_FAILED);
     if (out != stdout && fclose(out) != 0) fatal("-o %s: write failed: %s", o->out, strerror(errno));
     free(b->done);
     free(b->hash);
+    return n_err ? BATCH_FAILED : 0;
 }
 
 // --perplexity: windows of ctx tokens, each starting stride after the last; a window scores only the
@@ -1148,12 +1314,15 @@ int main(int argc, char **argv) {
     if (o.file) batch_prepare(&b, &o);
     Session s;
     session_open(&s, &o, !o.prompt_ids);
+    int rc = 0;
     if (o.prompt_ids) prompt_ids_mode(&s, &o);
     else if (o.prompt) prompt_mode(&s, &o);
     else if (o.interactive) interactive_mode(&s, &o);
-    else if (o.file) batch_mode(&s, &o, &b);
+    else if (o.file) rc = batch_mode(&s, &o, &b);
     else perplexity_mode(&s, &o);
     session_close(&s);
-    return close_stdout();
+    free(o.stops);
+    close_stdout();
+    return rc;
 }
 #endif
