@@ -14,6 +14,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "lineedit.h"
 #include "nano.h"
 
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
@@ -608,6 +609,18 @@ static void print_timings(const Session *s, const GenStats *st) {
             kv_format_name(s->kv), (unsigned long long)s->seed);
 }
 
+// --verbose-prompt: the exact text the model is given (special tokens included) and its ids, on stderr.
+static void show_prompt(const Session *s, const int *ids, int n) {
+    if (s->tok) {
+        size_t len;
+        char *text = tokenizer_decode(s->tok, ids, n, 0, &len);
+        fprintf(stderr, "nano: prompt, %d tokens:\n%s\nnano: prompt ids:", n, text);
+        free(text);
+    } else fprintf(stderr, "nano: prompt ids (%d):", n);
+    for (int i = 0; i < n; i++) fprintf(stderr, " %d", ids[i]);
+    fprintf(stderr, "\n");
+}
+
 // The ids of a user's text: the chat template around it unless --raw (or the model has none).
 // What the user typed must be valid UTF-8; checked before templating, so the offset is theirs.
 static int valid_utf8(const char *text, char *err, size_t errlen) {
@@ -775,6 +788,7 @@ static void prompt_ids_mode(Session *s, const Options *o) {
     if (n_prompt > s->ctx) fatal("prompt of %d tokens is longer than the context of %d tokens (-c)", n_prompt, s->ctx);
     if (!s->tok && !o->print_ids && o->n_predict > 0 && !o->dump_logits)
         fatal("%s has no tokenizer.json to print text with: pass --print-ids", o->model_dir);
+    if (o->verbose_prompt) show_prompt(s, prompt, n_prompt);
     GenStats st = {.n_prompt = n_prompt};
     double t0 = now_seconds();
     size_t n_all = o->dump_logits ? (size_t)n_prompt * c->vocab : 0;
@@ -799,6 +813,7 @@ static void prompt_mode(Session *s, const Options *o) {
     int n;
     int *ids = prompt_tokens(s, o, o->system, o->prompt, &n, err, sizeof err);
     if (!ids) fatal("-p: %s", err);
+    if (o->verbose_prompt) show_prompt(s, ids, n);
     GenStats st = {.n_prompt = n};
     double t0 = now_seconds();
     if (session_feed(s, ids, n, NULL, err, sizeof err)) fatal("-p: %s", err);
@@ -812,86 +827,168 @@ static void prompt_mode(Session *s, const Options *o) {
     free(ids);
 }
 
-// Reads one line without its newline; NULL at end of input or on Ctrl-C.
-static char *read_line(FILE *in) {
-    char *line = NULL;
-    size_t cap = 0;
-    errno = 0;
-    ssize_t n = getline(&line, &cap, in);
-    if (n < 0) {
-        free(line);
-        return NULL;
-    }
-    while (n > 0 && (line[n - 1] == '\n' || line[n - 1] == '\r')) line[--n] = 0;
-    const char *nul = memchr(line, 0, (size_t)n);
-    if (nul) {  // the rest of the line would be lost silently: the turn is refused instead
-        fprintf(stderr, "nano: NUL byte at byte offset %ld of the line; nothing was sent\n", (long)(nul - line));
-        line[0] = 0;
-    }
-    return line;
+// The turns of a chat as text, so that it can be rendered again without its oldest turns.
+typedef struct {
+    char **user, **reply;
+    int n;
+} Turns;
+
+static void turns_drop(Turns *t, int k) {  // the k oldest
+    for (int i = 0; i < k; i++) free(t->user[i]), free(t->reply[i]);
+    memmove(t->user, t->user + k, (size_t)(t->n - k) * sizeof *t->user);
+    memmove(t->reply, t->reply + k, (size_t)(t->n - k) * sizeof *t->reply);
+    t->n -= k;
 }
 
-// -i: a chat. Each turn prefills only its own tokens; the cache keeps the whole conversation.
+// The whole chat without its k oldest turns, then line: the system prompt and the template around it
+// (or, with --raw, the texts one after the other).
+static int *chat_tokens(Session *s, const Options *o, const Turns *t, int k, const char *line, int *n, char *err, size_t errlen) {
+    if (o->raw) {
+        char *text = NULL;
+        size_t len = 0, cap = 0;
+        for (int i = k; i < t->n; i++) {
+            buf_append(&text, &len, &cap, t->user[i], strlen(t->user[i]));
+            buf_append(&text, &len, &cap, t->reply[i], strlen(t->reply[i]));
+        }
+        buf_append(&text, &len, &cap, line, strlen(line));
+        int *ids = tokenizer_encode(s->tok, text, len, 1, n, err, errlen);
+        free(text);
+        return ids;
+    }
+    ChatMessage *msgs = xmalloc((size_t)(2 * (t->n - k) + 2) * sizeof *msgs);
+    int m = 0;
+    if (o->system) msgs[m++] = (ChatMessage){"system", o->system};
+    for (int i = k; i < t->n; i++) {
+        msgs[m++] = (ChatMessage){"user", t->user[i]};
+        msgs[m++] = (ChatMessage){"assistant", t->reply[i]};
+    }
+    msgs[m++] = (ChatMessage){"user", line};
+    char *rendered = chat_render(&s->chat, msgs, m, 1, o->think);
+    int *ids = tokenizer_encode(s->tok, rendered, strlen(rendered), 0, n, err, errlen);
+    free(rendered);
+    free(msgs);
+    return ids;
+}
+
+// A turn that does not fit: the chat rendered again without as few of its oldest turns as leave a
+// quarter of the context for the reply (all of them, if need be). Returns the ids to run from position
+// 0, or NULL when even the turn alone does not fit.
+static int *drop_oldest(Session *s, const Options *o, Turns *t, const char *line, int *n, char *err, size_t errlen) {
+    int *ids = NULL;
+    int k = 0;
+    for (k = 1; k <= t->n; k++) {
+        free(ids);
+        if (!(ids = chat_tokens(s, o, t, k, line, n, err, errlen))) return NULL;
+        if (*n <= s->ctx - s->ctx / 4) break;
+    }
+    if (k > t->n) k = t->n;
+    if (*n > s->ctx) {
+        snprintf(err, errlen, "the turn of %d tokens does not fit in the context of %d tokens (-c)", *n, s->ctx);
+        free(ids);
+        return NULL;
+    }
+    fprintf(stderr, "nano: the context of %d tokens is full: dropped the oldest %d turn%s (", s->ctx, k, k == 1 ? "" : "s");
+    for (int i = 0; i < k; i++) {  // each as its first 24 bytes or so, on one line
+        size_t cut = strlen(t->user[i]) > 24 ? 24 : strlen(t->user[i]);
+        while (cut && (t->user[i][cut] & 0xC0) == 0x80) cut--;
+        fprintf(stderr, "%s\"", i ? ", " : "");
+        for (size_t c = 0; c < cut; c++) fputc(t->user[i][c] == '\n' ? ' ' : t->user[i][c], stderr);
+        fprintf(stderr, "%s\"", t->user[i][cut] ? "..." : "");
+    }
+    fprintf(stderr, "); %d kept%s\n", t->n - k, o->raw ? "" : ", and the system prompt");
+    turns_drop(t, k);
+    s->pos = 0;
+    return ids;
+}
+
+static const char chat_help[] =
+    "  /help    this list\n"
+    "  /reset   start a new conversation (the system prompt stays)\n"
+    "  /exit    quit (also Ctrl-D, or Ctrl-C at the prompt)\n"
+    "  Ctrl-C during a reply stops it. A line ending in \\ continues on the next; a paste is one turn.\n"
+    "  Up/Down recall earlier lines. Start a line with // to send one that begins with /.\n";
+
+// -i: a chat. Each turn prefills only its own tokens; the cache keeps the whole conversation, and
+// when it is full the oldest turns make room.
 static void interactive_mode(Session *s, const Options *o) {
     if ((s->chat.format == CHAT_NONE || s->chat.format == CHAT_UNSUPPORTED) && !o->raw)
         fatal("-i: %s has %s chat template; pass --raw to chat with plain text continuation", o->model_dir,
               s->chat.format == CHAT_NONE ? "no" : "an unsupported");
-    int tty = isatty(0);
+    LineEdit lr;
+    line_edit_init(&lr);
     struct sigaction sa = {0};
     sa.sa_handler = on_sigint;  // no SA_RESTART: Ctrl-C interrupts the read at the prompt
     sigaction(SIGINT, &sa, NULL);
-    if (tty)
-        fprintf(stderr, "nano: chatting with %s (%s template, %d-token context). /reset clears the chat, /exit or Ctrl-D quits,\n"
+    if (isatty(0))
+        fprintf(stderr, "nano: chatting with %s (%s template, %d-token context). /help lists the commands, /exit or Ctrl-D quits,\n"
                         "      Ctrl-C stops a reply.\n",
                 o->model_dir, o->raw ? "no" : chat_format_name(s->chat.format), s->ctx);
-    int turn = 0;
+    show_settings(s, "");
+    Turns turns = {0};
     for (;;) {
-        if (tty) {
-            printf("> ");
-            fflush(stdout);
-        }
         interrupted = 0;
-        char *line = read_line(stdin);
-        if (!line) {
-            if (tty) printf("\n");
-            break;  // Ctrl-D, end of input, or Ctrl-C at the prompt
-        }
-        if (!strcmp(line, "/exit")) {
-            free(line);
-            break;
-        }
-        if (!strcmp(line, "/reset")) {
-            s->pos = 0;
-            turn = 0;
-            fprintf(stderr, "nano: conversation cleared\n");
+        char *line = line_edit_read(&lr, "> ");
+        if (!line) break;  // Ctrl-D, end of input, or Ctrl-C at the prompt
+        line_edit_history(&lr, line);
+        const char *text = line[0] == '/' && line[1] == '/' ? line + 1 : line;
+        if (text == line && line[0] == '/') {
+            if (!strcmp(line, "/exit")) {
+                free(line);
+                break;
+            }
+            if (!strcmp(line, "/reset")) {
+                s->pos = 0;
+                turns_drop(&turns, turns.n);
+                fprintf(stderr, "nano: conversation cleared\n");
+            } else if (!strcmp(line, "/help")) {
+                fputs(chat_help, stderr);
+            } else {
+                fprintf(stderr, "nano: unknown command '%.40s' (/help lists them; // sends a line that begins with /)\n", line);
+            }
             free(line);
             continue;
         }
-        if (!line[0]) {
+        if (!text[0]) {
             free(line);
             continue;
         }
         char err[200];
-        int n = 0, *ids = turn_tokens(s, o, line, turn == 0, &n, err, sizeof err);
-        free(line);
+        int n = 0, *ids = turn_tokens(s, o, text, s->pos == 0, &n, err, sizeof err);
+        if (ids && s->pos + n > s->ctx) {
+            free(ids);
+            ids = drop_oldest(s, o, &turns, text, &n, err, sizeof err);
+        }
         GenStats st = {.n_prompt = n};
         double t0 = now_seconds();
+        if (ids && o->verbose_prompt) show_prompt(s, ids, n);
         if (!ids || session_feed(s, ids, n, NULL, err, sizeof err)) {
-            fprintf(stderr, "nano: %s%s\n", err, ids ? "; /reset starts a new conversation" : "");
+            fprintf(stderr, "nano: %s\n", err);
             free(ids);
+            free(line);
             continue;
         }
         free(ids);
-        turn++;
         st.prompt_s = now_seconds() - t0;
+        int reply_start = s->pos;
         Sink out = {.stream = stdout, .print_ids = o->print_ids, .stops = o->stops, .n_stops = o->n_stops};
         Finish f = session_generate(s, o->n_predict, &out, &st);
         printf("\n");
         fflush(stdout);
-        if (f == FINISH_CONTEXT) fprintf(stderr, "nano: the context of %d tokens is full; /reset starts a new conversation\n", s->ctx);
+        if (f == FINISH_CONTEXT) fprintf(stderr, "nano: the context of %d tokens is full; the next turn drops the oldest ones\n", s->ctx);
         if (f == FINISH_INTERRUPT) fprintf(stderr, "nano: reply stopped\n");
+        turns.user = realloc(turns.user, (size_t)(turns.n + 1) * sizeof *turns.user);
+        turns.reply = realloc(turns.reply, (size_t)(turns.n + 1) * sizeof *turns.reply);
+        if (!turns.user || !turns.reply) fatal("out of memory");
+        size_t len;
+        turns.user[turns.n] = strdup(text);
+        turns.reply[turns.n++] = tokenizer_decode(s->tok, s->tokens + reply_start, s->pos - reply_start, 1, &len);
+        free(line);
         print_timings(s, &st);
     }
+    turns_drop(&turns, turns.n);
+    free(turns.user);
+    free(turns.reply);
+    line_edit_free(&lr);
 }
 
 // JSON string with the escapes RFC 8259 needs; invalid UTF-8 is written as U+FFFD.
@@ -1168,6 +1265,7 @@ static int batch_mode(Session *s, const Options *o, Batch *b) {
         if (parsed) {
             int n;
             int *ids = prompt_tokens(s, o, it.system ? it.system : o->system, it.prompt, &n, err, sizeof err);
+            if (ids && o->verbose_prompt) show_prompt(s, ids, n);
             s->pos = 0;
             s->sampler.c = it.sampling;
             sampler_seed(&s->sampler, it.seed);
