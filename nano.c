@@ -226,7 +226,7 @@ static void parse_args(Options *o, int argc, char **argv) {
                 o->sampling[k] = t->integer ? parse_long(a, v, (long)t->lo, (long)t->hi) : parse_float(a, v, (float)t->lo, (float)t->hi);
             }
             else if (is_flag(a, "-s", "--seed")) o->seed = parse_long(a, v, -1, SEED_MAX);
-            else if (is_flag(a, "-t", "--threads")) o->threads = (int)parse_long(a, v, 1, 1024);
+            else if (is_flag(a, "-t", "--threads")) o->threads = (int)parse_long(a, v, 1, 256);
             else if (!strcmp(a, "--stop")) {
                 if (!need(a, v)[0]) fatal("--stop: expected a non-empty string");
                 o->stops = realloc(o->stops, (size_t)(o->n_stops + 1) * sizeof *o->stops);
@@ -389,6 +389,8 @@ static void session_open(Session *s, const Options *o, int need_tokenizer) {
     if (s->ctx > c->max_pos)
         fprintf(stderr, "nano: warning: -c %d exceeds max_position_embeddings %d; positions past it were never trained\n", s->ctx, c->max_pos);
     s->kv = kv_format_of(o, c);
+    long cores = sysconf(_SC_NPROCESSORS_ONLN);
+    ref_set_threads(o->threads ? o->threads : cores > 0 ? (int)cores : 1);
     s->engine = open_engine(o, &s->m, s->ctx, s->kv);
     s->tokens = xmalloc((size_t)s->ctx * sizeof *s->tokens);
     s->logits = xmalloc((size_t)c->vocab * sizeof *s->logits);
@@ -1348,6 +1350,7 @@ static void perplexity_mode(Session *s, const Options *o) {
     float *logits = xmalloc((size_t)B * V * sizeof(float)), *base_logits = base ? xmalloc((size_t)B * V * sizeof(float)) : NULL;
     double nll = 0, base_nll = 0, kld = 0, max_kld = 0, t0 = now_seconds();
     int scored = 0, scored_end = 1, same_top = 0;  // the first token is never predicted
+    int progress = isatty(2) && !o->quiet;
     for (int begin = 0;; begin += S) {
         int end = begin + C < n ? begin + C : n;
         for (int k = begin; k < end - 1; k += B) {  // rows predict ids[k+1 ...]
@@ -1379,8 +1382,14 @@ static void perplexity_mode(Session *s, const Options *o) {
             }
         }
         scored_end = end;
+        if (progress) {  // \r: the line is rewritten in place
+            double dt = now_seconds() - t0;
+            fprintf(stderr, "\rnano: perplexity %d/%d tokens scored, %.4f so far, ETA %.0f s   ", scored, n - 1, exp(nll / scored),
+                    dt / scored * (n - 1 - scored));
+        }
         if (end == n) break;
     }
+    if (progress) fprintf(stderr, "\n");
     double dt = now_seconds() - t0;
     printf("perplexity: %.4f over %d scored tokens of %d (ctx %d, stride %d), mean nll %.6f\n", exp(nll / scored), scored, n, C, S,
            nll / scored);

@@ -254,6 +254,7 @@ struct Engine {
 };
 
 // max_batch: tokens per prefill chunk; capacity: KV cache size in tokens.
+void ref_set_threads(int n);  // threads for the reference path's linear layers (1 to 256; default 1)
 Engine *ref_engine_create(const Model *m, int capacity, KVFormat kv, int max_batch);
 
 // ---------------------------------------------------------------------------------------------
