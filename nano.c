@@ -84,7 +84,7 @@ static void usage(FILE *out) {
             "Runs a Hugging Face Qwen2/2.5/3 or DeepSeek-R1-Distill-Qwen checkpoint directory as downloaded.\n"
             "Examples:\n"
             "  nano -m DIR -p \"Why is the sky blue?\"          one reply, streamed, chat template applied\n"
-            "  nano -m DIR -i                                 chat (/reset clears it, /exit or Ctrl-D quits)\n"
+            "  nano -m DIR -i                                 chat (/help lists its commands, /exit or Ctrl-D quits)\n"
             "  nano -m DIR -f prompts.txt -o results.jsonl    one result per line of prompts.txt\n"
             "\n"
             "Modes:\n"
@@ -92,8 +92,9 @@ static void usage(FILE *out) {
             "  -p, --prompt TEXT       generate one reply to TEXT\n"
             "  -i, --interactive       chat REPL; the KV cache is kept between turns; Ctrl-C stops a reply,\n"
             "                          Ctrl-C at the prompt or Ctrl-D exits; with stdin not a terminal, one turn per line\n"
-            "  -f, --file PATH         batch: one prompt per line, plain text or a JSON object {\"prompt\": ...,\n"
-            "                          \"n_predict\": N, \"system\": ..., \"seed\": S}; results as JSON lines\n"
+            "  -f, --file PATH         batch: one prompt per line (- reads stdin), plain text or a JSON object {\"prompt\": ...}\n"
+            "                          with optional n_predict, system, seed, temperature, top_k, top_p, min_p,\n"
+            "                          repeat_penalty, stop; results as JSON lines; exit status %d when some prompts failed\n"
             "  -o, --output PATH       where -f writes its JSON lines (default: stdout)\n"
             "      --resume            -f: keep the results already in -o and run only the prompts missing there\n"
             "      --perplexity PATH   perplexity of a text file, in windows of -c tokens moved by --stride\n"
@@ -112,7 +113,8 @@ static void usage(FILE *out) {
             "      --top-p P           keep the most likely ids up to mass P; 1 = off (default 0.95)\n"
             "      --min-p P           drop ids below P x the top probability; 0 = off (default 0)\n"
             "      --repeat-penalty R  penalize ids already in the context; 1 = off (default 1)\n"
-            "  -s, --seed S            sampling seed (default 42)\n"
+            "  -s, --seed S            sampling seed; -1 = random (default: random, shown with the timings)\n"
+            "      --stop STR          end the reply before STR in the generated text (repeatable)\n"
             "Engine:\n"
             "  -c, --ctx N             KV cache capacity in tokens (default min(%d, max_position_embeddings))\n"
             "  -b, --batch N           prefill the prompt in chunks of N tokens (default %d)\n"
@@ -120,14 +122,18 @@ static void usage(FILE *out) {
             "                          mantissa bits), int8 (~half the bytes), k8v4 (8-bit K, 4-bit V), kv4h (4-bit after a\n"
             "                          Hadamard rotation; reference path only). README: bytes, accuracy and speed of each\n"
             "      --ref               use the scalar reference path (the default without a GPU)\n"
+            "  -t, --threads N         reference path threads (default: every core, %ld here)\n"
             "      --wo-split N        GPU decode: split o_proj's reduction over N = 1, 2, 4 or 8 slots (default: from the shape)\n"
             "      --check             with --prompt-ids: run the GPU and the reference side by side on the prompt and -n\n"
             "                          decode steps; print each layer's largest residual difference\n"
             "Output:\n"
             "      --print-ids         print generated token ids instead of text\n"
             "      --dump-logits PATH  --prompt-ids: write fp32 logits for every prompt position, [n_prompt x vocab]\n"
+            "      --verbose-prompt    print the prompt as the model gets it (template, special tokens) and its ids\n"
+            "  -q, --quiet             no sampling-settings, timings, batch or perplexity progress lines on stderr\n"
+            "      --version           version, commit, and whether the GPU engine is compiled in\n"
             "  -h, --help              this text\n",
-            DEFAULT_N_PREDICT, DEFAULT_CTX, DEFAULT_BATCH);
+            BATCH_FAILED, DEFAULT_N_PREDICT, DEFAULT_CTX, DEFAULT_BATCH, sysconf(_SC_NPROCESSORS_ONLN));
 }
 
 // The value after a flag; NULL when the flag was the last argument.
