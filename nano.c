@@ -496,7 +496,7 @@ static void buf_append(char **buf, size_t *len, size_t *cap, const char *s, size
         *buf = realloc(*buf, *cap);
         if (!*buf) fatal("out of memory");
     }
-    memcpy(*buf + *len, s, n);
+    if (n) memcpy(*buf + *len, s, n);  // s may be NULL when n is 0
     *len += n;
     (*buf)[*len] = 0;
 }
@@ -506,6 +506,7 @@ static void sink_write(Sink *k, const char *s, size_t n) {
         buf_append(&k->buf, &k->len, &k->cap, s, n);
         return;
     }
+    if (!n) return;
     fwrite(s, 1, n, k->stream);
     out_check(k->stream, "stdout");
 }
@@ -842,6 +843,7 @@ typedef struct {
 } Turns;
 
 static void turns_drop(Turns *t, int k) {  // the k oldest
+    if (!k) return;
     for (int i = 0; i < k; i++) free(t->user[i]), free(t->reply[i]);
     memmove(t->user, t->user + k, (size_t)(t->n - k) * sizeof *t->user);
     memmove(t->reply, t->reply + k, (size_t)(t->n - k) * sizeof *t->reply);
