@@ -170,11 +170,11 @@ static int tmux_start(const char *session, const char *cmd, const char *status) 
     return system(line);
 }
 
-// Waits (up to 60 s) until the pane shows at least n lines starting with the chat prompt, then sends
-// keys (when not NULL).
+// Waits (up to 60 s) until the pane and its history show at least n lines starting with the chat prompt,
+// then sends keys (when not NULL).
 static void tmux_keys(const char *session, int n_prompts, const char *keys) {
     char line[1000];
-    int n = snprintf(line, sizeof line, "for i in $(seq 120); do [ $(tmux capture-pane -p -t %s | grep -c '^>') -ge %d ] && break; sleep 0.5; done",
+    int n = snprintf(line, sizeof line, "for i in $(seq 120); do [ $(tmux capture-pane -p -S -1000 -t %s | grep -c '^>') -ge %d ] && break; sleep 0.5; done",
                      session, n_prompts);
     if (keys) snprintf(line + n, sizeof line - (size_t)n, "; tmux send-keys -t %s %s", session, keys);
     if (system(line)) {}
@@ -196,7 +196,7 @@ static void test_line_editor(const char *nano) {
     tmux_keys(session, 4, "Enter");                               // the paste is one turn
     tmux_keys(session, 5, "C-d");
     snprintf(pane, sizeof pane, "%s", tmp_path("edit-pane.txt"));
-    snprintf(cmd, sizeof cmd, "for i in $(seq 60); do [ -s %s ] && break; sleep 0.5; done; tmux capture-pane -p -S -300 -t %s > %s", status,
+    snprintf(cmd, sizeof cmd, "for i in $(seq 120); do [ -s %s ] && break; sleep 0.5; done; tmux capture-pane -p -S -300 -t %s > %s", status,
              session, pane);
     ok &= system(cmd) == 0;
     char *screen = slurp(pane), *st = slurp(status);
