@@ -927,7 +927,10 @@ static void interactive_mode(Session *s, const Options *o) {
     LineEdit lr;
     line_edit_init(&lr);
     struct sigaction sa = {0};
-    sa.sa_handler = on_sigint;  // no SA_RESTART: Ctrl-C interrupts the read at the prompt
+    sa.sa_handler = on_sigint;
+    // The editor reads Ctrl-C as a key, so on a terminal the signal only stops replies, and restarting
+    // keeps it from failing a write to the terminal; reading a pipe, Ctrl-C must interrupt the read.
+    sa.sa_flags = lr.tty ? SA_RESTART : 0;
     sigaction(SIGINT, &sa, NULL);
     if (isatty(0))
         fprintf(stderr, "nano: chatting with %s (%s template, %d-token context). /help lists the commands, /exit or Ctrl-D quits,\n"
