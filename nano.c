@@ -5,22 +5,49 @@
 #include <fcntl.h>
 #include <math.h>
 #include <signal.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/random.h>
 #include <time.h>
 #include <unistd.h>
 
+#include "lineedit.h"
 #include "nano.h"
 
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
 #error "nano reads little-endian safetensors in place and needs a little-endian host"
 #endif
 
+#define NANO_VERSION "0.1.0"
 #define DEFAULT_CTX 4096
 #define DEFAULT_BATCH 128
 #define DEFAULT_N_PREDICT 256
+#define BATCH_FAILED 3  // exit status of -f when some prompts failed (their results carry the error)
+
+// The sampling settings, as flags and as keys of a batch JSON line, with their ranges and their field.
+typedef struct {
+    const char *flag, *key;
+    double lo, hi;
+    size_t offset;  // in SamplerConfig
+    int integer;
+} Setting;
+static const Setting settings[] = {
+    {"--temp", "temperature", 0, 100, offsetof(SamplerConfig, temp), 0},
+    {"--top-k", "top_k", 0, 1 << 24, offsetof(SamplerConfig, top_k), 1},
+    {"--top-p", "top_p", 0, 1, offsetof(SamplerConfig, top_p), 0},
+    {"--min-p", "min_p", 0, 1, offsetof(SamplerConfig, min_p), 0},
+    {"--repeat-penalty", "repeat_penalty", 0.01, 100, offsetof(SamplerConfig, repeat_penalty), 0},
+};
+#define N_SETTINGS (int)(sizeof settings / sizeof *settings)
+
+static void setting_apply(SamplerConfig *c, int i, double v) {
+    char *field = (char *)c + settings[i].offset;
+    if (settings[i].integer) *(int *)field = (int)v;
+    else *(float *)field = (float)v;
+}
 
 typedef struct {
     const char *model_dir;
@@ -38,10 +65,12 @@ typedef struct {
     int ctx;     // 0: default
     int stride;  // perplexity; 0: ctx / 2
     int batch;
-    // Sampling flags; negative: not given, so generation_config.json decides.
-    float temp, top_p, min_p, repeat_penalty;
-    int top_k;
-    uint64_t seed;
+    double sampling[N_SETTINGS];  // the flags of settings[]; NAN: not given, so generation_config.json decides
+    int64_t seed;         // -1: random, drawn once at start
+    const char **stops;   // --stop strings, in order given
+    int n_stops;
+    int threads;          // reference path; 0: every core
+    int verbose_prompt, quiet;
     int print_ids;
     int force_ref;
     KVFormat kv;
@@ -55,7 +84,7 @@ static void usage(FILE *out) {
             "Runs a Hugging Face Qwen2/2.5/3 or DeepSeek-R1-Distill-Qwen checkpoint directory as downloaded.\n"
             "Examples:\n"
             "  nano -m DIR -p \"Why is the sky blue?\"          one reply, streamed, chat template applied\n"
-            "  nano -m DIR -i                                 chat (/reset clears it, /exit or Ctrl-D quits)\n"
+            "  nano -m DIR -i                                 chat (/help lists its commands, /exit or Ctrl-D quits)\n"
             "  nano -m DIR -f prompts.txt -o results.jsonl    one result per line of prompts.txt\n"
             "\n"
             "Modes:\n"
@@ -63,8 +92,9 @@ static void usage(FILE *out) {
             "  -p, --prompt TEXT       generate one reply to TEXT\n"
             "  -i, --interactive       chat REPL; the KV cache is kept between turns; Ctrl-C stops a reply,\n"
             "                          Ctrl-C at the prompt or Ctrl-D exits; with stdin not a terminal, one turn per line\n"
-            "  -f, --file PATH         batch: one prompt per line, plain text or a JSON object {\"prompt\": ...,\n"
-            "                          \"n_predict\": N, \"system\": ..., \"seed\": S}; results as JSON lines\n"
+            "  -f, --file PATH         batch: one prompt per line (- reads stdin), plain text or a JSON object {\"prompt\": ...}\n"
+            "                          with optional n_predict, system, seed, temperature, top_k, top_p, min_p,\n"
+            "                          repeat_penalty, stop; results as JSON lines; exit status %d when some prompts failed\n"
             "  -o, --output PATH       where -f writes its JSON lines (default: stdout)\n"
             "      --resume            -f: keep the results already in -o and run only the prompts missing there\n"
             "      --perplexity PATH   perplexity of a text file, in windows of -c tokens moved by --stride\n"
@@ -83,7 +113,8 @@ static void usage(FILE *out) {
             "      --top-p P           keep the most likely ids up to mass P; 1 = off (default 0.95)\n"
             "      --min-p P           drop ids below P x the top probability; 0 = off (default 0)\n"
             "      --repeat-penalty R  penalize ids already in the context; 1 = off (default 1)\n"
-            "  -s, --seed S            sampling seed (default 42)\n"
+            "  -s, --seed S            sampling seed; -1 = random (default: random, shown with the timings)\n"
+            "      --stop STR          end the reply before STR in the generated text (repeatable)\n"
             "Engine:\n"
             "  -c, --ctx N             KV cache capacity in tokens (default min(%d, max_position_embeddings))\n"
             "  -b, --batch N           prefill the prompt in chunks of N tokens (default %d)\n"
@@ -91,14 +122,18 @@ static void usage(FILE *out) {
             "                          mantissa bits), int8 (~half the bytes), k8v4 (8-bit K, 4-bit V), kv4h (4-bit after a\n"
             "                          Hadamard rotation; reference path only). README: bytes, accuracy and speed of each\n"
             "      --ref               use the scalar reference path (the default without a GPU)\n"
+            "  -t, --threads N         reference path threads (default: every core, %ld here)\n"
             "      --wo-split N        GPU decode: split o_proj's reduction over N = 1, 2, 4 or 8 slots (default: from the shape)\n"
             "      --check             with --prompt-ids: run the GPU and the reference side by side on the prompt and -n\n"
             "                          decode steps; print each layer's largest residual difference\n"
             "Output:\n"
             "      --print-ids         print generated token ids instead of text\n"
             "      --dump-logits PATH  --prompt-ids: write fp32 logits for every prompt position, [n_prompt x vocab]\n"
+            "      --verbose-prompt    print the prompt as the model gets it (template, special tokens) and its ids\n"
+            "  -q, --quiet             no sampling-settings, timings, batch or perplexity progress lines on stderr\n"
+            "      --version           version, commit, and whether the GPU engine is compiled in\n"
             "  -h, --help              this text\n",
-            DEFAULT_N_PREDICT, DEFAULT_CTX, DEFAULT_BATCH);
+            BATCH_FAILED, DEFAULT_N_PREDICT, DEFAULT_CTX, DEFAULT_BATCH, sysconf(_SC_NPROCESSORS_ONLN));
 }
 
 // The value after a flag; NULL when the flag was the last argument.
@@ -124,16 +159,35 @@ static float parse_float(const char *flag, const char *s, float lo, float hi) {
     return (float)v;
 }
 
+#define SEED_MAX 0x7fffffffffffffffL
+
+// A seed nobody chose: printed with the timings, so the run can be repeated with -s.
+static int64_t random_seed(void) {
+    uint32_t r;
+    if (getentropy(&r, sizeof r) != 0) r = (uint32_t)time(NULL) ^ (uint32_t)getpid() << 16;
+    return r;
+}
+
+static void print_version(void) {
+    printf("nano %s (commit %s), GPU engine: %s\n", NANO_VERSION, nano_commit, nano_gpu_build() ? nano_gpu_build() : "compiled out");
+}
+
 static int is_flag(const char *a, const char *s, const char *l) { return (s && !strcmp(a, s)) || !strcmp(a, l); }
+
+// The setting named by a flag (by_flag) or a batch key; -1 if none.
+static int setting_index(const char *name, int by_flag) {
+    for (int k = 0; k < N_SETTINGS; k++)
+        if (!strcmp(name, by_flag ? settings[k].flag : settings[k].key)) return k;
+    return -1;
+}
 
 static void parse_args(Options *o, int argc, char **argv) {
     memset(o, 0, sizeof *o);
     o->n_predict = DEFAULT_N_PREDICT;
     o->batch = DEFAULT_BATCH;
-    o->temp = o->top_p = o->min_p = o->repeat_penalty = -1;
-    o->top_k = -1;
+    for (int k = 0; k < N_SETTINGS; k++) o->sampling[k] = NAN;
     o->think = -1;
-    o->seed = 42;
+    o->seed = -1;
     o->kv = KV_N_FORMATS;  // the model's default (kv_default)
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
@@ -141,7 +195,13 @@ static void parse_args(Options *o, int argc, char **argv) {
             usage(stdout);
             exit(0);
         }
+        if (!strcmp(a, "--version")) {
+            print_version();
+            exit(0);
+        }
         if (!strcmp(a, "--print-ids")) o->print_ids = 1;
+        else if (!strcmp(a, "--verbose-prompt")) o->verbose_prompt = 1;
+        else if (is_flag(a, "-q", "--quiet")) o->quiet = 1;
         else if (!strcmp(a, "--ref")) o->force_ref = 1;
         else if (!strcmp(a, "--check")) o->check = 1;
         else if (is_flag(a, "-i", "--interactive")) o->interactive = 1;
@@ -152,6 +212,7 @@ static void parse_args(Options *o, int argc, char **argv) {
         else {
             if (a[0] != '-') fatal("unexpected argument '%s' (see --help)", a);
             const char *v = argv[i + 1];  // NULL after the last argument; an unknown flag is named first
+            int k;
             if (is_flag(a, "-m", "--model")) o->model_dir = need(a, v);
             else if (is_flag(a, "-p", "--prompt")) o->prompt = need(a, v);
             else if (!strcmp(a, "--prompt-ids")) o->prompt_ids = need(a, v);
@@ -166,12 +227,18 @@ static void parse_args(Options *o, int argc, char **argv) {
             else if (is_flag(a, "-c", "--ctx")) o->ctx = (int)parse_long(a, v, 1, 1 << 24);
             else if (!strcmp(a, "--stride")) o->stride = (int)parse_long(a, v, 1, 1 << 24);
             else if (is_flag(a, "-b", "--batch")) o->batch = (int)parse_long(a, v, 1, 1 << 16);
-            else if (!strcmp(a, "--temp")) o->temp = parse_float(a, v, 0.0f, 100.0f);
-            else if (!strcmp(a, "--top-k")) o->top_k = (int)parse_long(a, v, 0, 1 << 24);
-            else if (!strcmp(a, "--top-p")) o->top_p = parse_float(a, v, 0.0f, 1.0f);
-            else if (!strcmp(a, "--min-p")) o->min_p = parse_float(a, v, 0.0f, 1.0f);
-            else if (!strcmp(a, "--repeat-penalty")) o->repeat_penalty = parse_float(a, v, 0.01f, 100.0f);
-            else if (is_flag(a, "-s", "--seed")) o->seed = (uint64_t)parse_long(a, v, 0, 0x7fffffffffffffffL);
+            else if ((k = setting_index(a, 1)) >= 0) {
+                const Setting *t = &settings[k];
+                o->sampling[k] = t->integer ? parse_long(a, v, (long)t->lo, (long)t->hi) : parse_float(a, v, (float)t->lo, (float)t->hi);
+            }
+            else if (is_flag(a, "-s", "--seed")) o->seed = parse_long(a, v, -1, SEED_MAX);
+            else if (is_flag(a, "-t", "--threads")) o->threads = (int)parse_long(a, v, 1, 256);
+            else if (!strcmp(a, "--stop")) {
+                if (!need(a, v)[0]) fatal("--stop: expected a non-empty string");
+                o->stops = realloc(o->stops, (size_t)(o->n_stops + 1) * sizeof *o->stops);
+                if (!o->stops) fatal("out of memory");
+                o->stops[o->n_stops++] = v;
+            }
             else if (!strcmp(a, "--wo-split")) {
                 o->wo_split = (int)parse_long(a, v, 1, 8);
                 if (!wo_split_valid(o->wo_split)) fatal("--wo-split: expected 1, 2, 4 or 8, got '%s'", v);
@@ -189,6 +256,8 @@ static void parse_args(Options *o, int argc, char **argv) {
     if (o->resume && !o->out) fatal("--resume needs -o: it continues the results file of an earlier run");
     if (o->dump_logits && !o->prompt_ids) fatal("--dump-logits works with --prompt-ids");
     if (o->check && !o->prompt_ids) fatal("--check works with --prompt-ids");
+    if (o->n_stops && o->print_ids) fatal("--stop matches generated text; it does not combine with --print-ids");
+    if (o->seed < 0) o->seed = random_seed();
 }
 
 #define ID_SEPARATORS " ,\t\r\n"
@@ -249,6 +318,8 @@ typedef struct {
     int pos;             // how many
     float *logits;       // [vocab] after the last token fed
     KVFormat kv;
+    uint64_t seed;       // the sampler's, for the timings line
+    int quiet;           // -q: no settings or timings lines
     double load_s;
 } Session;
 
@@ -307,11 +378,8 @@ static int check_mode(const Options *o) {
 // Flags override the model's generation_config.json.
 static SamplerConfig sampling_settings(const Options *o, const Config *c) {
     SamplerConfig s = c->sampling;
-    if (o->temp >= 0) s.temp = o->temp;
-    if (o->top_k >= 0) s.top_k = o->top_k;
-    if (o->top_p >= 0) s.top_p = o->top_p;
-    if (o->min_p >= 0) s.min_p = o->min_p;
-    if (o->repeat_penalty >= 0) s.repeat_penalty = o->repeat_penalty;
+    for (int k = 0; k < N_SETTINGS; k++)
+        if (!isnan(o->sampling[k])) setting_apply(&s, k, o->sampling[k]);
     return s;
 }
 
@@ -327,14 +395,26 @@ static void session_open(Session *s, const Options *o, int need_tokenizer) {
     if (s->ctx > c->max_pos)
         fprintf(stderr, "nano: warning: -c %d exceeds max_position_embeddings %d; positions past it were never trained\n", s->ctx, c->max_pos);
     s->kv = kv_format_of(o, c);
+    long cores = sysconf(_SC_NPROCESSORS_ONLN);
+    ref_set_threads(o->threads ? o->threads : cores > 0 ? (int)cores : 1);
     s->engine = open_engine(o, &s->m, s->ctx, s->kv);
     s->tokens = xmalloc((size_t)s->ctx * sizeof *s->tokens);
     s->logits = xmalloc((size_t)c->vocab * sizeof *s->logits);
     // Never sample an id the tokenizer cannot print: the embedding usually has padding rows past it.
     int n_ids = s->tok && tokenizer_n_ids(s->tok) < c->vocab ? tokenizer_n_ids(s->tok) : c->vocab;
     SamplerConfig sc = sampling_settings(o, c);
-    sampler_init(&s->sampler, &sc, n_ids, o->seed);
+    s->seed = (uint64_t)o->seed;
+    s->quiet = o->quiet;
+    sampler_init(&s->sampler, &sc, n_ids, s->seed);
     s->load_s = now_seconds() - t0;
+}
+
+// The sampling settings in force, once, when a mode has checked its input and starts generating.
+static void show_settings(const Session *s, const char *note) {
+    const SamplerConfig *c = &s->sampler.c;
+    if (s->quiet) return;
+    fprintf(stderr, "nano: sampling: temp %g%s, top-k %d, top-p %g, min-p %g, repeat-penalty %g, seed %llu%s\n", c->temp,
+            c->temp == 0 ? " (greedy)" : "", c->top_k, c->top_p, c->min_p, c->repeat_penalty, (unsigned long long)s->seed, note);
 }
 
 static void session_close(Session *s) {
@@ -394,6 +474,8 @@ static int is_eos(const Config *c, int id) {
 }
 
 // Where generated text goes: a stream (stdout, as it comes) or a growing buffer (batch results).
+// With stop strings, text that could be the start of one is held back until it is known not to be;
+// a stop string found in the text ends the reply there, unprinted.
 typedef struct {
     FILE *stream;
     char *buf;
@@ -401,22 +483,64 @@ typedef struct {
     int print_ids;  // ids instead of text
     int n_written;
     Utf8Stream utf8;
+    const char *const *stops;
+    int n_stops;
+    char *held;  // text not yet written: it may begin a stop string
+    size_t held_len;
+    int stopped;  // a stop string was found
 } Sink;
 
+static void buf_append(char **buf, size_t *len, size_t *cap, const char *s, size_t n) {
+    if (*len + n + 1 > *cap) {
+        *cap = (*len + n + 1) * 2;
+        *buf = realloc(*buf, *cap);
+        if (!*buf) fatal("out of memory");
+    }
+    if (n) memcpy(*buf + *len, s, n);  // s may be NULL when n is 0
+    *len += n;
+    (*buf)[*len] = 0;
+}
+
 static void sink_write(Sink *k, const char *s, size_t n) {
-    if (k->stream) {
-        fwrite(s, 1, n, k->stream);
-        out_check(k->stream, "stdout");
+    if (!k->stream) {
+        buf_append(&k->buf, &k->len, &k->cap, s, n);
         return;
     }
-    if (k->len + n + 1 > k->cap) {
-        k->cap = (k->len + n + 1) * 2;
-        k->buf = realloc(k->buf, k->cap);
-        if (!k->buf) fatal("out of memory");
+    if (!n) return;
+    fwrite(s, 1, n, k->stream);
+    out_check(k->stream, "stdout");
+}
+
+// Text for the output: written up to the first stop string, or up to where one might begin.
+static void sink_text(Sink *k, const char *s, size_t n) {
+    if (k->stopped) return;
+    if (!k->n_stops) {
+        sink_write(k, s, n);
+        return;
     }
-    memcpy(k->buf + k->len, s, n);
-    k->len += n;
-    k->buf[k->len] = 0;
+    size_t cap = k->held_len + 1;
+    buf_append(&k->held, &k->held_len, &cap, s, n);
+    size_t cut = k->held_len;  // the earliest stop string's start
+    for (int i = 0; i < k->n_stops; i++) {
+        const char *at = memmem(k->held, k->held_len, k->stops[i], strlen(k->stops[i]));
+        if (at && (size_t)(at - k->held) < cut) cut = (size_t)(at - k->held);
+    }
+    size_t keep = 0;  // the longest tail that a stop string begins with
+    if (cut < k->held_len) k->stopped = 1;
+    else
+        for (int i = 0; i < k->n_stops; i++) {
+            size_t l = strlen(k->stops[i]);
+            for (size_t t = l - 1 < k->held_len ? l - 1 : k->held_len; t > keep; t--)
+                if (!memcmp(k->held + k->held_len - t, k->stops[i], t)) {
+                    keep = t;
+                    break;
+                }
+        }
+    if (k->stopped) keep = 0;
+    else cut = k->held_len - keep;
+    sink_write(k, k->held, cut);
+    memmove(k->held, k->held + k->held_len - keep, keep);
+    k->held_len = keep;
 }
 
 static void sink_token(Sink *k, const Tokenizer *tok, int id) {
@@ -431,13 +555,17 @@ static void sink_token(Sink *k, const Tokenizer *tok, int id) {
     if (!bytes || tokenizer_is_special(tok, id)) return;
     for (size_t done = 0; done < len; done += 64) {  // text[] holds the output of 64 bytes
         size_t n = len - done < 64 ? len - done : 64;
-        sink_write(k, text, utf8_stream_push(&k->utf8, bytes + done, n, text));
+        sink_text(k, text, utf8_stream_push(&k->utf8, bytes + done, n, text));
     }
 }
 
 static void sink_finish(Sink *k) {
     char text[16];
-    sink_write(k, text, utf8_stream_finish(&k->utf8, text));
+    sink_text(k, text, utf8_stream_finish(&k->utf8, text));
+    if (!k->stopped) sink_write(k, k->held, k->held_len);
+    free(k->held);
+    k->held = NULL;
+    k->held_len = 0;
 }
 
 // Generates up to n_predict tokens after what the cache holds. The stop token ends the reply and is
@@ -460,6 +588,10 @@ static Finish session_generate(Session *s, int n_predict, Sink *out, GenStats *s
         }
         sink_token(out, s->tok, id);
         st->n_gen++;
+        if (out->stopped) {
+            finish = FINISH_STOP;
+            break;
+        }
         if (s->pos == s->ctx) {
             finish = FINISH_CONTEXT;
             break;
@@ -475,12 +607,27 @@ static Finish session_generate(Session *s, int n_predict, Sink *out, GenStats *s
 }
 
 // Like llama.cpp's timings: load, prompt and generation speed, on stderr after every generation.
+// The seed is there so that a sampled reply can be had again with -s.
 static void print_timings(const Session *s, const GenStats *st) {
     out_check(stdout, "stdout");  // the reply first, when both go to one place
-    fprintf(stderr, "nano: load %.0f ms | prompt %d tok, %.1f ms, %.2f tok/s | generated %d tok, %.1f ms, %.2f tok/s | %s, %s KV\n",
+    if (s->quiet) return;
+    fprintf(stderr,
+            "nano: load %.0f ms | prompt %d tok, %.1f ms, %.2f tok/s | generated %d tok, %.1f ms, %.2f tok/s | %s, %s KV | seed %llu\n",
             s->load_s * 1e3, st->n_prompt, st->prompt_s * 1e3, st->prompt_s > 0 ? st->n_prompt / st->prompt_s : 0.0, st->n_gen,
             st->gen_s * 1e3, st->gen_s > 0 && st->n_gen > 1 ? (st->n_gen - 1) / st->gen_s : 0.0, s->engine->name,
-            kv_format_name(s->kv));
+            kv_format_name(s->kv), (unsigned long long)s->seed);
+}
+
+// --verbose-prompt: the exact text the model is given (special tokens included) and its ids, on stderr.
+static void show_prompt(const Session *s, const int *ids, int n) {
+    if (s->tok) {
+        size_t len;
+        char *text = tokenizer_decode(s->tok, ids, n, 0, &len);
+        fprintf(stderr, "nano: prompt, %d tokens:\n%s\nnano: prompt ids:", n, text);
+        free(text);
+    } else fprintf(stderr, "nano: prompt ids (%d):", n);
+    for (int i = 0; i < n; i++) fprintf(stderr, " %d", ids[i]);
+    fprintf(stderr, "\n");
 }
 
 // The ids of a user's text: the chat template around it unless --raw (or the model has none).
@@ -588,7 +735,7 @@ static void check_arguments(const Options *o) {
     in = realloc(in, (size_t)(n_in + 4) * sizeof *in);
     if (!in) fatal("out of memory");
     if (o->prompt_ids && o->prompt_ids[0] == '@') check_input("--prompt-ids", o->prompt_ids + 1, &in[n_in++]);
-    if (o->file) check_input("-f", o->file, &in[n_in++]);
+    if (o->file && strcmp(o->file, "-")) check_input("-f", o->file, &in[n_in++]);
     if (o->perplexity) check_input("--perplexity", o->perplexity, &in[n_in++]);
     if (o->tokenize_file) check_input("--tokenize-file", o->tokenize_file, &in[n_in++]);
     if (o->out) check_output("-o", o->out, in, n_in);
@@ -650,6 +797,7 @@ static void prompt_ids_mode(Session *s, const Options *o) {
     if (n_prompt > s->ctx) fatal("prompt of %d tokens is longer than the context of %d tokens (-c)", n_prompt, s->ctx);
     if (!s->tok && !o->print_ids && o->n_predict > 0 && !o->dump_logits)
         fatal("%s has no tokenizer.json to print text with: pass --print-ids", o->model_dir);
+    if (o->verbose_prompt) show_prompt(s, prompt, n_prompt);
     GenStats st = {.n_prompt = n_prompt};
     double t0 = now_seconds();
     size_t n_all = o->dump_logits ? (size_t)n_prompt * c->vocab : 0;
@@ -659,7 +807,8 @@ static void prompt_ids_mode(Session *s, const Options *o) {
     if (all) write_logits(o->dump_logits, all, n_all);
     free(all);
     st.prompt_s = now_seconds() - t0;
-    Sink out = {.stream = stdout, .print_ids = o->print_ids};
+    Sink out = {.stream = stdout, .print_ids = o->print_ids, .stops = o->stops, .n_stops = o->n_stops};
+    if (o->n_predict) show_settings(s, "");
     if (session_generate(s, o->n_predict, &out, &st) == FINISH_CONTEXT)
         fprintf(stderr, "\nnano: context of %d tokens is full; stopping\n", s->ctx);
     if (st.n_gen) printf("\n");
@@ -673,11 +822,13 @@ static void prompt_mode(Session *s, const Options *o) {
     int n;
     int *ids = prompt_tokens(s, o, o->system, o->prompt, &n, err, sizeof err);
     if (!ids) fatal("-p: %s", err);
+    if (o->verbose_prompt) show_prompt(s, ids, n);
     GenStats st = {.n_prompt = n};
     double t0 = now_seconds();
     if (session_feed(s, ids, n, NULL, err, sizeof err)) fatal("-p: %s", err);
     st.prompt_s = now_seconds() - t0;
-    Sink out = {.stream = stdout, .print_ids = o->print_ids};
+    Sink out = {.stream = stdout, .print_ids = o->print_ids, .stops = o->stops, .n_stops = o->n_stops};
+    show_settings(s, "");
     Finish f = session_generate(s, o->n_predict, &out, &st);
     printf("\n");
     if (f == FINISH_CONTEXT) fprintf(stderr, "nano: context of %d tokens is full; stopping\n", s->ctx);
@@ -685,86 +836,172 @@ static void prompt_mode(Session *s, const Options *o) {
     free(ids);
 }
 
-// Reads one line without its newline; NULL at end of input or on Ctrl-C.
-static char *read_line(FILE *in) {
-    char *line = NULL;
-    size_t cap = 0;
-    errno = 0;
-    ssize_t n = getline(&line, &cap, in);
-    if (n < 0) {
-        free(line);
-        return NULL;
-    }
-    while (n > 0 && (line[n - 1] == '\n' || line[n - 1] == '\r')) line[--n] = 0;
-    const char *nul = memchr(line, 0, (size_t)n);
-    if (nul) {  // the rest of the line would be lost silently: the turn is refused instead
-        fprintf(stderr, "nano: NUL byte at byte offset %ld of the line; nothing was sent\n", (long)(nul - line));
-        line[0] = 0;
-    }
-    return line;
+// The turns of a chat as text, so that it can be rendered again without its oldest turns.
+typedef struct {
+    char **user, **reply;
+    int n;
+} Turns;
+
+static void turns_drop(Turns *t, int k) {  // the k oldest
+    if (!k) return;
+    for (int i = 0; i < k; i++) free(t->user[i]), free(t->reply[i]);
+    memmove(t->user, t->user + k, (size_t)(t->n - k) * sizeof *t->user);
+    memmove(t->reply, t->reply + k, (size_t)(t->n - k) * sizeof *t->reply);
+    t->n -= k;
 }
 
-// -i: a chat. Each turn prefills only its own tokens; the cache keeps the whole conversation.
+// The whole chat without its k oldest turns, then line: the system prompt and the template around it
+// (or, with --raw, the texts one after the other).
+static int *chat_tokens(Session *s, const Options *o, const Turns *t, int k, const char *line, int *n, char *err, size_t errlen) {
+    if (o->raw) {
+        char *text = NULL;
+        size_t len = 0, cap = 0;
+        for (int i = k; i < t->n; i++) {
+            buf_append(&text, &len, &cap, t->user[i], strlen(t->user[i]));
+            buf_append(&text, &len, &cap, t->reply[i], strlen(t->reply[i]));
+        }
+        buf_append(&text, &len, &cap, line, strlen(line));
+        int *ids = tokenizer_encode(s->tok, text, len, 1, n, err, errlen);
+        free(text);
+        return ids;
+    }
+    ChatMessage *msgs = xmalloc((size_t)(2 * (t->n - k) + 2) * sizeof *msgs);
+    int m = 0;
+    if (o->system) msgs[m++] = (ChatMessage){"system", o->system};
+    for (int i = k; i < t->n; i++) {
+        msgs[m++] = (ChatMessage){"user", t->user[i]};
+        msgs[m++] = (ChatMessage){"assistant", t->reply[i]};
+    }
+    msgs[m++] = (ChatMessage){"user", line};
+    char *rendered = chat_render(&s->chat, msgs, m, 1, o->think);
+    int *ids = tokenizer_encode(s->tok, rendered, strlen(rendered), 0, n, err, errlen);
+    free(rendered);
+    free(msgs);
+    return ids;
+}
+
+// A turn that does not fit: the chat rendered again without as few of its oldest turns as leave a
+// quarter of the context for the reply (all of them, if need be). Returns the ids to run from position
+// 0, or NULL when even the turn alone does not fit.
+static int *drop_oldest(Session *s, const Options *o, Turns *t, const char *line, int *n, char *err, size_t errlen) {
+    int *ids = NULL;
+    int k = 0;
+    for (k = 1; k <= t->n; k++) {
+        free(ids);
+        if (!(ids = chat_tokens(s, o, t, k, line, n, err, errlen))) return NULL;
+        if (*n <= s->ctx - s->ctx / 4) break;
+    }
+    if (k > t->n) k = t->n;
+    if (*n > s->ctx) {
+        snprintf(err, errlen, "the turn of %d tokens does not fit in the context of %d tokens (-c)", *n, s->ctx);
+        free(ids);
+        return NULL;
+    }
+    fprintf(stderr, "nano: the context of %d tokens is full: dropped the oldest %d turn%s (", s->ctx, k, k == 1 ? "" : "s");
+    for (int i = 0; i < k; i++) {  // each as its first 24 bytes or so, on one line
+        size_t cut = strlen(t->user[i]) > 24 ? 24 : strlen(t->user[i]);
+        while (cut && (t->user[i][cut] & 0xC0) == 0x80) cut--;
+        fprintf(stderr, "%s\"", i ? ", " : "");
+        for (size_t c = 0; c < cut; c++) fputc(t->user[i][c] == '\n' ? ' ' : t->user[i][c], stderr);
+        fprintf(stderr, "%s\"", t->user[i][cut] ? "..." : "");
+    }
+    fprintf(stderr, "); %d kept%s\n", t->n - k, o->raw ? "" : ", and the system prompt");
+    turns_drop(t, k);
+    s->pos = 0;
+    return ids;
+}
+
+static const char chat_help[] =
+    "  /help    this list\n"
+    "  /reset   start a new conversation (the system prompt stays)\n"
+    "  /exit    quit (also Ctrl-D, or Ctrl-C at the prompt)\n"
+    "  Ctrl-C during a reply stops it. A line ending in \\ continues on the next; a paste is one turn.\n"
+    "  Up/Down recall earlier lines. Start a line with // to send one that begins with /.\n";
+
+// -i: a chat. Each turn prefills only its own tokens; the cache keeps the whole conversation, and
+// when it is full the oldest turns make room.
 static void interactive_mode(Session *s, const Options *o) {
     if ((s->chat.format == CHAT_NONE || s->chat.format == CHAT_UNSUPPORTED) && !o->raw)
         fatal("-i: %s has %s chat template; pass --raw to chat with plain text continuation", o->model_dir,
               s->chat.format == CHAT_NONE ? "no" : "an unsupported");
-    int tty = isatty(0);
+    LineEdit lr;
+    line_edit_init(&lr);
     struct sigaction sa = {0};
-    sa.sa_handler = on_sigint;  // no SA_RESTART: Ctrl-C interrupts the read at the prompt
+    sa.sa_handler = on_sigint;
+    // The editor reads Ctrl-C as a key, so on a terminal the signal only stops replies, and restarting
+    // keeps it from failing a write to the terminal; reading a pipe, Ctrl-C must interrupt the read.
+    sa.sa_flags = lr.tty ? SA_RESTART : 0;
     sigaction(SIGINT, &sa, NULL);
-    if (tty)
-        fprintf(stderr, "nano: chatting with %s (%s template, %d-token context). /reset clears the chat, /exit or Ctrl-D quits,\n"
+    if (isatty(0))
+        fprintf(stderr, "nano: chatting with %s (%s template, %d-token context). /help lists the commands, /exit or Ctrl-D quits,\n"
                         "      Ctrl-C stops a reply.\n",
                 o->model_dir, o->raw ? "no" : chat_format_name(s->chat.format), s->ctx);
-    int turn = 0;
+    show_settings(s, "");
+    Turns turns = {0};
     for (;;) {
-        if (tty) {
-            printf("> ");
-            fflush(stdout);
-        }
         interrupted = 0;
-        char *line = read_line(stdin);
-        if (!line) {
-            if (tty) printf("\n");
-            break;  // Ctrl-D, end of input, or Ctrl-C at the prompt
-        }
-        if (!strcmp(line, "/exit")) {
-            free(line);
-            break;
-        }
-        if (!strcmp(line, "/reset")) {
-            s->pos = 0;
-            turn = 0;
-            fprintf(stderr, "nano: conversation cleared\n");
+        char *line = line_edit_read(&lr, "> ");
+        if (!line) break;  // Ctrl-D, end of input, or Ctrl-C at the prompt
+        line_edit_history(&lr, line);
+        const char *text = line[0] == '/' && line[1] == '/' ? line + 1 : line;
+        if (text == line && line[0] == '/') {
+            if (!strcmp(line, "/exit")) {
+                free(line);
+                break;
+            }
+            if (!strcmp(line, "/reset")) {
+                s->pos = 0;
+                turns_drop(&turns, turns.n);
+                fprintf(stderr, "nano: conversation cleared\n");
+            } else if (!strcmp(line, "/help")) {
+                fputs(chat_help, stderr);
+            } else {
+                fprintf(stderr, "nano: unknown command '%.40s' (/help lists them; // sends a line that begins with /)\n", line);
+            }
             free(line);
             continue;
         }
-        if (!line[0]) {
+        if (!text[0]) {
             free(line);
             continue;
         }
         char err[200];
-        int n = 0, *ids = turn_tokens(s, o, line, turn == 0, &n, err, sizeof err);
-        free(line);
+        int n = 0, *ids = turn_tokens(s, o, text, s->pos == 0, &n, err, sizeof err);
+        if (ids && s->pos + n > s->ctx) {
+            free(ids);
+            ids = drop_oldest(s, o, &turns, text, &n, err, sizeof err);
+        }
         GenStats st = {.n_prompt = n};
         double t0 = now_seconds();
+        if (ids && o->verbose_prompt) show_prompt(s, ids, n);
         if (!ids || session_feed(s, ids, n, NULL, err, sizeof err)) {
-            fprintf(stderr, "nano: %s%s\n", err, ids ? "; /reset starts a new conversation" : "");
+            fprintf(stderr, "nano: %s\n", err);
             free(ids);
+            free(line);
             continue;
         }
         free(ids);
-        turn++;
         st.prompt_s = now_seconds() - t0;
-        Sink out = {.stream = stdout, .print_ids = o->print_ids};
+        int reply_start = s->pos;
+        Sink out = {.stream = stdout, .print_ids = o->print_ids, .stops = o->stops, .n_stops = o->n_stops};
         Finish f = session_generate(s, o->n_predict, &out, &st);
         printf("\n");
         fflush(stdout);
-        if (f == FINISH_CONTEXT) fprintf(stderr, "nano: the context of %d tokens is full; /reset starts a new conversation\n", s->ctx);
+        if (f == FINISH_CONTEXT) fprintf(stderr, "nano: the context of %d tokens is full; the next turn drops the oldest ones\n", s->ctx);
         if (f == FINISH_INTERRUPT) fprintf(stderr, "nano: reply stopped\n");
+        turns.user = realloc(turns.user, (size_t)(turns.n + 1) * sizeof *turns.user);
+        turns.reply = realloc(turns.reply, (size_t)(turns.n + 1) * sizeof *turns.reply);
+        if (!turns.user || !turns.reply) fatal("out of memory");
+        size_t len;
+        turns.user[turns.n] = strdup(text);
+        turns.reply[turns.n++] = tokenizer_decode(s->tok, s->tokens + reply_start, s->pos - reply_start, 1, &len);
+        free(line);
         print_timings(s, &st);
     }
+    turns_drop(&turns, turns.n);
+    free(turns.user);
+    free(turns.reply);
+    line_edit_free(&lr);
 }
 
 // JSON string with the escapes RFC 8259 needs; invalid UTF-8 is written as U+FFFD.
@@ -789,39 +1026,82 @@ typedef struct {
     char *prompt, *system;
     int n_predict;
     uint64_t seed;
+    SamplerConfig sampling;
+    char **stops;  // the line's "stop", else --stop's (borrowed then)
+    int n_stops, own_stops;
 } BatchItem;
 
-// A line of the prompts file: plain text, or a JSON object with "prompt" and optional settings.
-static int parse_batch_line(const char *line, const Options *o, BatchItem *it, char *err, size_t errlen) {
-    *it = (BatchItem){NULL, NULL, o->n_predict, o->seed};
+static void batch_item_free(BatchItem *it) {
+    free(it->prompt);
+    free(it->system);
+    if (it->own_stops)
+        for (int i = 0; i < it->n_stops; i++) free(it->stops[i]);
+    if (it->own_stops) free(it->stops);
+}
+
+// A JSON number that must be in [lo, hi] (and whole when integer); else err names the key.
+static int json_number_in(const JsonNode *v, const char *key, double lo, double hi, int integer, char *err, size_t errlen) {
+    if (v->type == JSON_NUMBER && v->num >= lo && v->num <= hi && (!integer || v->num == floor(v->num))) return 1;
+    snprintf(err, errlen, "\"%s\" must be %s in [%g, %g]", key, integer ? "an integer" : "a number", lo, hi);
+    return 0;
+}
+
+// "stop": one string or an array of them, none empty.
+static int json_stops(const Json *j, const JsonNode *v, BatchItem *it, char *err, size_t errlen) {
+    int n = v->type == JSON_STRING ? 1 : v->type == JSON_ARRAY ? v->count : -1;
+    const JsonNode *e = v->type == JSON_STRING ? v : n > 0 ? json_first(j, v) : NULL;
+    it->stops = xcalloc((size_t)(n > 0 ? n : 1), sizeof *it->stops);
+    it->own_stops = 1;
+    for (; e && it->n_stops < n; e = json_next(j, e)) {
+        if (e->type != JSON_STRING || !e->len) break;
+        it->stops[it->n_stops++] = strdup(e->str);
+    }
+    if (n >= 0 && it->n_stops == n) return 1;
+    snprintf(err, errlen, "\"stop\" must be a non-empty string or an array of them");
+    return 0;
+}
+
+// A line of the prompts file: plain text, or a JSON object with "prompt" and optional settings. Any
+// other key is an error, so a misspelt setting is never silently ignored.
+static int parse_batch_line(const char *line, const Options *o, const SamplerConfig *sampling, BatchItem *it, char *err,
+                            size_t errlen) {
+    *it = (BatchItem){.n_predict = o->n_predict, .seed = (uint64_t)o->seed, .sampling = *sampling, .stops = (char **)o->stops,
+                      .n_stops = o->n_stops};
     if (line[0] != '{') {
         it->prompt = strdup(line);
         return 0;
     }
     Json j;
-    int ok = -1;
-    if (json_parse(&j, line, strlen(line))) {
-        snprintf(err, errlen, "bad JSON: %s", j.err);
-    } else {
-        const JsonNode *r = json_root(&j), *p = json_get(&j, r, "prompt"), *n = json_get(&j, r, "n_predict");
-        const JsonNode *sys = json_get(&j, r, "system"), *seed = json_get(&j, r, "seed");
-        if (!p || p->type != JSON_STRING) snprintf(err, errlen, "a JSON line needs a \"prompt\" string");
-        else if (n && (n->type != JSON_NUMBER || n->num != floor(n->num) || n->num < 0 || n->num > 1 << 30))
-            snprintf(err, errlen, "\"n_predict\" must be an integer >= 0");
-        else if (sys && sys->type != JSON_STRING) snprintf(err, errlen, "\"system\" must be a string");
-        else if (seed && (seed->type != JSON_NUMBER || seed->num != floor(seed->num) || seed->num < 0 || seed->num > 9007199254740992.0))
-            snprintf(err, errlen, "\"seed\" must be an integer >= 0");
-        else {
-            it->prompt = strdup(p->str);
-            if (sys) it->system = strdup(sys->str);
-            if (n) it->n_predict = (int)n->num;
-            if (seed) it->seed = (uint64_t)seed->num;
+    int ok = json_parse(&j, line, strlen(line)) == 0;
+    if (!ok) snprintf(err, errlen, "bad JSON: %s", j.err);
+    const JsonNode *p = ok ? json_get(&j, json_root(&j), "prompt") : NULL;
+    if (ok && (!p || p->type != JSON_STRING)) {
+        snprintf(err, errlen, "a JSON line needs a \"prompt\" string");
+        ok = 0;
+    }
+    for (const JsonNode *v = ok ? json_first(&j, json_root(&j)) : NULL; v && ok; v = json_next(&j, v)) {
+        int k = setting_index(v->key, 0);
+        if (k >= 0) {
+            if ((ok = json_number_in(v, v->key, settings[k].lo, settings[k].hi, settings[k].integer, err, errlen)))
+                setting_apply(&it->sampling, k, v->num);
+        } else if (!strcmp(v->key, "n_predict")) {
+            if ((ok = json_number_in(v, v->key, 0, 1 << 30, 1, err, errlen))) it->n_predict = (int)v->num;
+        } else if (!strcmp(v->key, "seed")) {
+            if ((ok = json_number_in(v, v->key, 0, 9007199254740992.0, 1, err, errlen))) it->seed = (uint64_t)v->num;
+        } else if (!strcmp(v->key, "system")) {
+            if (!(ok = v->type == JSON_STRING)) snprintf(err, errlen, "\"system\" must be a string");
+            else it->system = strdup(v->str);
+        } else if (!strcmp(v->key, "stop")) {
+            ok = json_stops(&j, v, it, err, errlen);
+        } else if (strcmp(v->key, "prompt")) {
+            snprintf(err, errlen, "unknown key \"%.40s\" (expected prompt, system, n_predict, seed, temperature, top_k, top_p, "
+                                  "min_p, repeat_penalty or stop)", v->key);
             ok = 0;
         }
     }
+    it->prompt = strdup(ok ? p->str : line);  // a bad line is reported back as written
     json_free(&j);
-    if (ok) it->prompt = strdup(line);  // reported back as written
-    return ok;
+    return ok ? 0 : -1;
 }
 
 static int is_blank(const char *line, size_t len) {
@@ -841,8 +1121,26 @@ typedef struct {
     unsigned char *done;   // [n_lines + 1] a result for this line is in -o already (--resume)
 } Batch;
 
+// -f -: stdin is copied once into an unlinked temporary file, which the batch then reads like any file.
+static FILE *stdin_copy;
+
 static void open_prompts(LineReader *r, const char *path) {
-    if (lines_open(r, path)) fatal("-f %s: %s", path, file_error(path));
+    if (strcmp(path, "-")) {
+        if (lines_open(r, path)) fatal("-f %s: %s", path, file_error(path));
+        return;
+    }
+    if (!stdin_copy) {
+        char chunk[65536];
+        size_t n;
+        if (!(stdin_copy = tmpfile())) fatal("-f -: no temporary file for stdin: %s", strerror(errno));
+        while ((n = fread(chunk, 1, sizeof chunk, stdin)) > 0)
+            if (fwrite(chunk, 1, n, stdin_copy) != n) fatal("-f -: copying stdin: %s", strerror(errno));
+        if (ferror(stdin) || fflush(stdin_copy) != 0) fatal("-f -: reading stdin: %s", strerror(errno));
+    }
+    FILE *f = fdopen(dup(fileno(stdin_copy)), "rb");
+    if (!f) fatal("-f -: %s", strerror(errno));
+    rewind(f);
+    lines_from(r, f);
 }
 
 static int open_locked(const char *path, int flags) {
@@ -950,13 +1248,17 @@ static void batch_prepare(Batch *b, const Options *o) {
 }
 
 // -f: every prompt from a fresh cache, in input order; each result written and flushed when done.
-static void batch_mode(Session *s, const Options *o, Batch *b) {
+// Returns 0 when every prompt succeeded, else BATCH_FAILED.
+static int batch_mode(Session *s, const Options *o, Batch *b) {
     FILE *out = b->out;
     const char *out_name = o->out ? o->out : "stdout";
-    int progress = isatty(2), n_done = 0, n_err = 0, n_tok = 0;
+    int progress = isatty(2) && !o->quiet, n_done = 0, n_err = 0, n_tok = 0;
     for (long i = 1; i <= b->n_lines; i++) n_done += b->done[i];
     double t_start = now_seconds();
     int skipped = n_done;
+    SamplerConfig defaults = s->sampler.c;
+    char failed[64] = "";  // the first failing ids, for the summary
+    show_settings(s, o->n_stops ? ", --stop; lines may override" : "; lines may override");
     LineReader r;
     open_prompts(&r, o->file);
     while (line_next(&r)) {
@@ -965,16 +1267,20 @@ static void batch_mode(Session *s, const Options *o, Batch *b) {
         BatchItem it = {0};
         char err[200] = "";
         GenStats st = {0};
-        Sink gen = {0};
         double t0 = now_seconds();
         long nul = line_nul(&r);
+        int parsed = 0;
         if (nul >= 0) {
             snprintf(err, sizeof err, "NUL byte at byte offset %ld", nul);
             it.prompt = strdup(r.buf);
-        } else if (parse_batch_line(r.buf, o, &it, err, sizeof err) == 0) {
+        } else parsed = parse_batch_line(r.buf, o, &defaults, &it, err, sizeof err) == 0;
+        Sink gen = {.stops = (const char *const *)it.stops, .n_stops = it.n_stops};
+        if (parsed) {
             int n;
             int *ids = prompt_tokens(s, o, it.system ? it.system : o->system, it.prompt, &n, err, sizeof err);
+            if (ids && o->verbose_prompt) show_prompt(s, ids, n);
             s->pos = 0;
+            s->sampler.c = it.sampling;
             sampler_seed(&s->sampler, it.seed);
             if (ids && session_feed(s, ids, n, NULL, err, sizeof err) == 0) {
                 st.n_prompt = n;
@@ -986,17 +1292,18 @@ static void batch_mode(Session *s, const Options *o, Batch *b) {
         json_string(out, it.prompt ? it.prompt : "");
         fprintf(out, ", \"output\": ");
         json_string(out, gen.buf ? gen.buf : "");
-        fprintf(out, ", \"n_prompt_tokens\": %d, \"n_gen_tokens\": %d, \"finish_reason\": \"%s\", \"ms\": %.1f", st.n_prompt,
-                st.n_gen, err[0] ? "error" : finish_name[st.finish], (now_seconds() - t0) * 1e3);
+        fprintf(out, ", \"n_prompt_tokens\": %d, \"n_gen_tokens\": %d, \"finish_reason\": \"%s\", \"seed\": %llu, \"ms\": %.1f",
+                st.n_prompt, st.n_gen, err[0] ? "error" : finish_name[st.finish], (unsigned long long)it.seed,
+                (now_seconds() - t0) * 1e3);
         if (err[0]) {
             fprintf(out, ", \"error\": ");
             json_string(out, err);
+            if (n_err < 5) snprintf(failed + strlen(failed), sizeof failed - strlen(failed), "%s%ld", n_err ? ", " : "", id);
             n_err++;
         }
         fprintf(out, "}\n");
         out_check(out, out_name);
-        free(it.prompt);
-        free(it.system);
+        batch_item_free(&it);
         free(gen.buf);
         n_done++;
         n_tok += st.n_prompt + st.n_gen;
@@ -1012,9 +1319,13 @@ static void batch_mode(Session *s, const Options *o, Batch *b) {
     double dt = now_seconds() - t_start;
     fprintf(stderr, "nano: %d prompts done (%d skipped as already in %s), %d errors, %d tokens in %.1f s\n", n_done - skipped,
             skipped, o->out ? o->out : "the output", n_err, n_tok, dt);
+    if (n_err)
+        fprintf(stderr, "nano: %d of %d prompts failed (id %s%s); their results say why in \"error\"; exit status %d\n", n_err,
+                n_done - skipped, failed, n_err > 5 ? ", ..." : "", BATCH_FAILED);
     if (out != stdout && fclose(out) != 0) fatal("-o %s: write failed: %s", o->out, strerror(errno));
     free(b->done);
     free(b->hash);
+    return n_err ? BATCH_FAILED : 0;
 }
 
 // --perplexity: windows of ctx tokens, each starting stride after the last; a window scores only the
@@ -1042,6 +1353,7 @@ static void perplexity_mode(Session *s, const Options *o) {
     float *logits = xmalloc((size_t)B * V * sizeof(float)), *base_logits = base ? xmalloc((size_t)B * V * sizeof(float)) : NULL;
     double nll = 0, base_nll = 0, kld = 0, max_kld = 0, t0 = now_seconds();
     int scored = 0, scored_end = 1, same_top = 0;  // the first token is never predicted
+    int progress = isatty(2) && !o->quiet;
     for (int begin = 0;; begin += S) {
         int end = begin + C < n ? begin + C : n;
         for (int k = begin; k < end - 1; k += B) {  // rows predict ids[k+1 ...]
@@ -1067,8 +1379,14 @@ static void perplexity_mode(Session *s, const Options *o) {
             }
         }
         scored_end = end;
+        if (progress) {  // \r: the line is rewritten in place
+            double dt = now_seconds() - t0;
+            fprintf(stderr, "\rnano: perplexity %d/%d tokens scored, %.4f so far, ETA %.0f s   ", scored, n - 1, exp(nll / scored),
+                    dt / scored * (n - 1 - scored));
+        }
         if (end == n) break;
     }
+    if (progress) fprintf(stderr, "\n");
     double dt = now_seconds() - t0;
     printf("perplexity: %.4f over %d scored tokens of %d (ctx %d, stride %d), mean nll %.6f\n", exp(nll / scored), scored, n, C, S,
            nll / scored);
@@ -1100,12 +1418,15 @@ int main(int argc, char **argv) {
     if (o.file) batch_prepare(&b, &o);
     Session s;
     session_open(&s, &o, !o.prompt_ids);
+    int rc = 0;
     if (o.prompt_ids) prompt_ids_mode(&s, &o);
     else if (o.prompt) prompt_mode(&s, &o);
     else if (o.interactive) interactive_mode(&s, &o);
-    else if (o.file) batch_mode(&s, &o, &b);
+    else if (o.file) rc = batch_mode(&s, &o, &b);
     else perplexity_mode(&s, &o);
     session_close(&s);
-    return close_stdout();
+    free(o.stops);
+    close_stdout();
+    return rc;
 }
 #endif

@@ -254,6 +254,7 @@ struct Engine {
 };
 
 // max_batch: tokens per prefill chunk; capacity: KV cache size in tokens.
+void ref_set_threads(int n);  // threads for the reference path's linear layers (1 to 256; default 1)
 Engine *ref_engine_create(const Model *m, int capacity, KVFormat kv, int max_batch);
 
 // ---------------------------------------------------------------------------------------------
@@ -353,6 +354,10 @@ char *chat_render_next(const ChatTemplate *ct, const char *user, int thinking);
 #ifdef __cplusplus
 extern "C" {
 #endif
+// What --version says of the GPU engine: "CUDA 12.4" (cublas_lazy.c), or NULL in a build without nvcc,
+// where gpu_none.c stands in for kernels.cu and cuda_device_count() reports no GPU.
+const char *nano_gpu_build(void);
+extern const char nano_commit[];  // build/version.c, written by make from git
 // Number of usable CUDA devices; 0 with a reason in why (no driver, no device) otherwise.
 int cuda_device_count(char *why, size_t whylen);
 

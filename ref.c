@@ -3,12 +3,14 @@
 // fallback without a GPU, so clarity wins over speed; the one concession is that a linear layer
 // converts a few weight rows at a time and applies them to every token of the chunk.
 #include <math.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "nano.h"
 
 #define REF_ROWS 8  // weight rows converted to fp32 together in linear()
+#define REF_MAX_THREADS 256
 
 // ---------------------------------------------------------------------------------------------
 // Scratch state
@@ -124,21 +126,60 @@ static float dot_bf16(const float *x, const uint8_t *w, int n) {
 
 static float bias_at(const Tensor *b, int o) { return b && b->data ? tensor_get(b, (size_t)o) : 0.0f; }
 
-// y[t] = x[t] W^T (+ b) for T tokens; W is [out, in] in its stored dtype.
-static void linear(RefState *s, float *y, const float *x, const Tensor *w, const Tensor *b, int T) {
-    int out = (int)w->rows, in = (int)w->cols;
-    if (T == 1 && w->dtype == DT_BF16) {
-        for (int o = 0; o < out; o++)
-            y[o] = dot_bf16(x, (const uint8_t *)w->data + (size_t)o * in * 2, in) + bias_at(b, o);
+// y[t] = x[t] W^T (+ b) for T tokens; W is [out, in] in its stored dtype. Output rows [r0, r1), with
+// wrows as scratch for REF_ROWS converted weight rows.
+typedef struct {
+    float *y, *wrows;
+    const float *x;
+    const Tensor *w, *b;
+    int T, r0, r1;
+} LinearRows;
+
+static void linear_rows(const LinearRows *j) {
+    int out = (int)j->w->rows, in = (int)j->w->cols;
+    if (j->T == 1 && j->w->dtype == DT_BF16) {
+        for (int o = j->r0; o < j->r1; o++)
+            j->y[o] = dot_bf16(j->x, (const uint8_t *)j->w->data + (size_t)o * in * 2, in) + bias_at(j->b, o);
         return;
     }
-    for (int o0 = 0; o0 < out; o0 += REF_ROWS) {
-        int nr = out - o0 < REF_ROWS ? out - o0 : REF_ROWS;
-        for (int r = 0; r < nr; r++) tensor_row(w, o0 + r, s->wrows + (size_t)r * in);
-        for (int t = 0; t < T; t++)
+    for (int o0 = j->r0; o0 < j->r1; o0 += REF_ROWS) {
+        int nr = j->r1 - o0 < REF_ROWS ? j->r1 - o0 : REF_ROWS;
+        for (int r = 0; r < nr; r++) tensor_row(j->w, o0 + r, j->wrows + (size_t)r * in);
+        for (int t = 0; t < j->T; t++)
             for (int r = 0; r < nr; r++)
-                y[(size_t)t * out + o0 + r] = dot(x + (size_t)t * in, s->wrows + (size_t)r * in, in) + bias_at(b, o0 + r);
+                j->y[(size_t)t * out + o0 + r] = dot(j->x + (size_t)t * in, j->wrows + (size_t)r * in, in) + bias_at(j->b, o0 + r);
     }
+}
+
+static void *linear_thread(void *arg) {
+    LinearRows *j = arg;
+    j->wrows = xmalloc(REF_ROWS * (size_t)j->w->cols * sizeof(float));
+    linear_rows(j);
+    free(j->wrows);
+    return NULL;
+}
+
+static int ref_threads = 1;
+void ref_set_threads(int n) { ref_threads = n < 1 ? 1 : n > REF_MAX_THREADS ? REF_MAX_THREADS : n; }
+
+// Threads split the output rows in blocks of REF_ROWS; each row is computed exactly as with one thread,
+// so the results are the same bits for any count. Small layers stay on one thread: starting threads
+// would cost more than the work.
+static void linear(RefState *s, float *y, const float *x, const Tensor *w, const Tensor *b, int T) {
+    int blocks = (int)((w->rows + REF_ROWS - 1) / REF_ROWS);
+    int n = (double)w->rows * w->cols * T < (1 << 20) ? 1 : ref_threads < blocks ? ref_threads : blocks;
+    LinearRows jobs[REF_MAX_THREADS];
+    pthread_t threads[REF_MAX_THREADS];
+    for (int i = 0; i < n; i++) {
+        int r0 = (int)((int64_t)blocks * i / n * REF_ROWS), r1 = (int)((int64_t)blocks * (i + 1) / n * REF_ROWS);
+        jobs[i] = (LinearRows){y, s->wrows, x, w, b, T, r0, r1 < w->rows ? r1 : (int)w->rows};
+    }
+    int started = 1;
+    for (; started < n; started++)
+        if (pthread_create(&threads[started], NULL, linear_thread, &jobs[started]) != 0) break;
+    for (int i = started; i < n; i++) linear_thread(&jobs[i]);  // threads the system would not start
+    linear_rows(&jobs[0]);
+    for (int i = 1; i < started; i++) pthread_join(threads[i], NULL);
 }
 
 // y = w * (x / sqrt(mean(x^2) + eps)), variance in fp32 (double here) as HF's Qwen3RMSNorm.

@@ -46,12 +46,12 @@ static void test_write_errors(const char *nano) {
         const char *what, *redirect;
         char *args[12];
     } cases[] = {
-        {"-p", ">/dev/full", {"-m", TINY, "-p", "Hi", "-n", "4", "--ref"}},
-        {"-i", ">/dev/full", {"-m", TINY, "-i", "-n", "4", "--ref"}},
+        {"-p", ">/dev/full", {"-m", TINY, "-p", "Hi", "-n", "4", "--ref", "-q"}},  // -q: no settings line before the error
+        {"-i", ">/dev/full", {"-m", TINY, "-i", "-n", "4", "--ref", "-q"}},
         {"--tokenize", ">/dev/full", {"-m", TINY, "--tokenize", "Hello"}},
         {"--perplexity", ">/dev/full", {"-m", TINY, "--perplexity", text, "-c", "16", "--ref"}},
-        {"--prompt-ids --print-ids", ">/dev/full", {"-m", TINY, "--prompt-ids", "1 2 3", "-n", "4", "--print-ids", "--ref"}},
-        {"-f to stdout", ">/dev/full", {"-m", TINY, "-f", text, "-n", "2", "--ref"}},
+        {"--prompt-ids --print-ids", ">/dev/full", {"-m", TINY, "--prompt-ids", "1 2 3", "-n", "4", "--print-ids", "--ref", "-q"}},
+        {"-f to stdout", ">/dev/full", {"-m", TINY, "-f", text, "-n", "2", "--ref", "-q"}},
         {"-p", ">&-", {"-m", TINY, "-p", "Hi", "-n", "4", "--ref"}},
     };
     for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
@@ -194,7 +194,7 @@ static void test_encodings(const char *nano) {
     char p[8][32];
     int n = result_ids(out, ids, p, 8);
     char *res = slurp(out);
-    check(r.status == 0 && n == 3 && !strcmp(p[0], "Hi") && strstr(res, "\"n_gen_tokens\": 1,") &&
+    check(r.status == 3 && n == 3 && !strcmp(p[0], "Hi") && strstr(res, "\"n_gen_tokens\": 1,") &&
               strstr(res, "\"error\": \"NUL byte at byte offset 2\"") && !strcmp(p[2], "plain") && ids[2] == 3,
           "%s -f: a BOM before a JSON line, CR and CRLF line ends, a NUL byte as that line's error (%d results)", nano, n);
     free(res);

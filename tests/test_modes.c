@@ -322,11 +322,11 @@ static void test_batch(const char *nano) {
     char out[600], out2[600];
     snprintf(out, sizeof out, "%s", tmp_path("results.jsonl"));
     snprintf(out2, sizeof out2, "%s", tmp_path("results2.jsonl"));
-    char *args[] = {"-m", TINY, "-f", (char *)prompts, "-o", out, "-n", "12", "-c", "64", "--ref", NULL};
+    char *args[] = {"-m", TINY, "-f", (char *)prompts, "-o", out, "-n", "12", "-c", "64", "--ref", "-s", "1", NULL};
     Run r = run_nano(nano, args, NULL);
     Result res[10];
     int n = read_results(out, res, 10);
-    int ok = r.status == 0 && n == 6;
+    int ok = r.status == 3 && n == 6 && strstr(r.err, "nano: 3 of 6 prompts failed (id 4, 6, 7)");
     int want_ids[] = {1, 2, 4, 5, 6, 7};
     for (int i = 0; i < n && i < 6; i++) ok &= res[i].id == want_ids[i];
     check(ok, "%s -f: one result per non-empty line, in input order (%d results): %s", nano, n, r.err);
@@ -355,14 +355,14 @@ static void test_batch(const char *nano) {
         fwrite(full, 1, (size_t)(cut - full) + 10, f);
         fclose(f);
     }
-    char *resume_args[] = {"-m", TINY, "-f", (char *)prompts, "-o", out2, "-n", "12", "-c", "64", "--ref", "--resume", NULL};
+    char *resume_args[] = {"-m", TINY, "-f", (char *)prompts, "-o", out2, "-n", "12", "-c", "64", "--ref", "-s", "1", "--resume", NULL};
     r = run_nano(nano, resume_args, NULL);
     size_t len2;
     char *resumed = read_file(out2, READ_ANY_SIZE, &len2);
     // Same seeds, so the resumed file must equal the uninterrupted one except for the timings.
     Result a[10], b[10];
     int na = read_results(out, a, 10), nb = read_results(out2, b, 10);
-    ok = r.status == 0 && na == nb && strstr(r.err, "2 skipped");
+    ok = r.status == 3 && na == nb && strstr(r.err, "2 skipped");
     for (int i = 0; i < na && i < nb; i++) ok &= a[i].id == b[i].id && !strcmp(a[i].output, b[i].output);
     check(ok, "%s -f --resume: runs only the missing prompts, drops the cut line, same outputs (%d vs %d results): %s", nano, nb, na, r.err);
     free(full);
@@ -372,6 +372,58 @@ static void test_batch(const char *nano) {
     // A results file nano did not write is refused, not appended to.
     write_text(out2, "{\"id\": 1, \"x\": 1}\n");
     expect_error(nano, "--resume on a foreign file", "line 1 is not a nano result", resume_args);
+}
+
+// -f - reads stdin; every sampling setting and "stop" per line; unknown keys and bad values fail
+// their line only; exit status 0 when all succeed.
+static void test_batch_keys(const char *nano) {
+    char prompts[600], *greedy_args[] = {"-m", TINY, "-p", "Call me Ishmael.", "--raw", "--temp", "0", "--repeat-penalty", "1", "-n", "12",
+                                         "--ref", NULL};
+    Run g = run_nano(nano, greedy_args, NULL);
+    char stop[8] = "";  // four characters from the middle of the greedy reply
+    if (strlen(g.out) > 12) snprintf(stop, sizeof stop, "%.4s", g.out + 8);
+    const char *cut = strstr(g.out, stop);
+    snprintf(prompts, sizeof prompts, "%s", tmp_path("keys.txt"));
+    char text[1000];
+    snprintf(text, sizeof text,
+             "{\"prompt\": \"Call me Ishmael.\", \"temperature\": 0, \"repeat_penalty\": 1, \"n_predict\": 12}\n"
+             "{\"prompt\": \"Call me Ishmael.\", \"temperature\": 0, \"repeat_penalty\": 1, \"n_predict\": 12, \"stop\": [\"%s\"]}\n"
+             "{\"prompt\": \"Call me Ishmael.\", \"temp\": 0}\n"
+             "{\"prompt\": \"Call me Ishmael.\", \"top_p\": 2}\n"
+             "{\"prompt\": \"Call me Ishmael.\", \"stop\": [\"\"]}\n"
+             "{\"prompt\": \"Call me Ishmael.\", \"top_k\": 1, \"min_p\": 0.5, \"n_predict\": 3, \"seed\": 9, \"system\": \"x\"}\n",
+             stop);
+    write_text(prompts, text);
+    char *args[] = {"-m", TINY, "-f", "-", "--raw", "--ref", NULL};
+    Run r = run_nano(nano, args, prompts);
+    char *out = tmp_path("keys.jsonl");
+    write_text(out, r.out);
+    FILE *f = fopen(out, "a");  // run() strips stdout's last newline
+    fputc('\n', f);
+    fclose(f);
+    Result res[8];
+    int n = read_results(out, res, 8);
+    check(r.status == 3 && n == 6 && strstr(r.err, "3 of 6 prompts failed (id 3, 4, 5)"),
+          "%s -f -: reads stdin, 6 results, 3 bad lines, exit status 3: %s", nano, r.err);
+    if (n == 6) {
+        check(!strcmp(res[0].output, g.out) && res[0].n_gen == 12, "%s -f: a line's temperature 0, repeat_penalty 1, n_predict 12 = the flags': '%s'",
+              nano, res[0].output);
+        check(cut && stop[0] && !strncmp(res[1].output, g.out, (size_t)(cut - g.out)) && strlen(res[1].output) == (size_t)(cut - g.out) &&
+                  !strcmp(res[1].finish, "stop"),
+              "%s -f: a line's \"stop\": [\"%s\"] cuts the reply there: '%s'", nano, stop, res[1].output);
+        check(!strcmp(res[2].finish, "error") && strstr(res[2].error, "unknown key \"temp\""), "%s -f: unknown key -> %s", nano, res[2].error);
+        check(strstr(res[3].error, "\"top_p\" must be a number in [0, 1]") != NULL, "%s -f: top_p 2 -> %s", nano, res[3].error);
+        check(strstr(res[4].error, "\"stop\" must be a non-empty string") != NULL, "%s -f: empty stop -> %s", nano, res[4].error);
+        check(!strcmp(res[5].finish, "length") && res[5].n_gen == 3, "%s -f: top_k, min_p, seed, system and n_predict 3 -> %d tokens", nano,
+              res[5].n_gen);
+    }
+    run_free(&r);
+    write_text(prompts, "{\"prompt\": \"Call me Ishmael.\", \"n_predict\": 2}\nIn the beginning\n");
+    r = run_nano(nano, args, prompts);
+    check(r.status == 0 && count_lines(r.out) == 1 && !strstr(r.err, "failed"), "%s -f -: exit status 0 when every prompt succeeds (%d)", nano,
+          r.status);
+    run_free(&r);
+    run_free(&g);
 }
 
 static void test_interactive_pipe(const char *nano) {
@@ -409,8 +461,8 @@ static void test_interactive_pipe(const char *nano) {
     write_text(in, "Tell me everything about the whole wide world and all of its many wonderful people\nHi\n");
     char *small_args[] = {"-m", TINY, "-i", "-n", "4", "-c", "40", "--ref", NULL};
     r = run_nano(nano, small_args, in);
-    const char *full = strstr(r.err, "do not fit");
-    check(r.status == 0 && full && strstr(full, "/reset") && strstr(full, "| generated "),
+    const char *full = strstr(r.err, "does not fit in the context of 40 tokens");
+    check(r.status == 0 && full && strstr(full, "| generated "),
           "%s -i: a turn too long for -c 40 is reported, and the next turn is answered", nano);
     run_free(&r);
 }
@@ -468,6 +520,7 @@ void test_modes(const char *nano, int first) {
     test_prompt(nano, &e);
     test_perplexity(nano, &e, first);
     test_batch(nano);
+    test_batch_keys(nano);
     test_interactive_pipe(nano);
     test_interactive_tmux(nano);
 }
