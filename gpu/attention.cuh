@@ -4,12 +4,6 @@
 #ifndef NANO_GPU_ATTENTION_CUH
 #define NANO_GPU_ATTENTION_CUH
 
-// How many iterations ahead the attention loop asks L2 for compressed K/V rows (0: never); measured in
-// the README's GPU speed section.
-#ifndef KV_PREFETCH_AHEAD
-#define KV_PREFETCH_AHEAD 1
-#endif
-
 // One (kv head g, chunk c) unit of attention over positions [c*CL, min(n, (c+1)*CL)).
 // HP: q heads per lane (1, 2 or 4); the group's heads are spread over ceil(gs / HP) sets of warps.
 // A single chunk writes the output itself; otherwise the last chunk of the kv head to finish merges.
@@ -18,7 +12,6 @@
 template <int HP, KVCodec KC, KVCodec VC, bool WIDE>
 __device__ void attention_unit(const DecodeParams &p, int layer, int g, int c, int CL, int n, int n_chunks, float *sm) {
     constexpr int UA = HP >= 4 ? 2 : HP == 2 ? 4 : 8;  // positions in flight per lane group (registers permitting)
-    constexpr bool PREFETCH = KC != KVC_BF16 && KV_PREFETCH_AHEAD > 0;
     const Dims &d = p.d;
     const int D = d.D, LG = D >> 3, GPW = 32 / LG;
     const int nhs = (d.gs + HP - 1) / HP, wps = NW / nhs;
@@ -54,21 +47,6 @@ __device__ void attention_unit(const DecodeParams &p, int layer, int g, int c, i
     if (act) {
         const int step = wps * GPW;
         for (int jb = c0 + wis * GPW; jb < c1; jb += step * UA) {
-            // The next iteration's rows into L2 now (no registers held): its loads then wait for L2, not
-            // DRAM. The loads in flight are bounded by registers; the compressed formats hold fewer bytes
-            // in them, so this is what keeps their rows streaming.
-            if (PREFETCH) {
-#pragma unroll
-                for (int a = 0; a < UA; a++) {
-                    int j = jb + step * UA * KV_PREFETCH_AHEAD + a * step + lg;
-                    if (j < c1) {
-                        if (li * 128 < (int)kdb) prefetch_l2(K + j * kdb + li * 128);
-                        if (li * 128 < (int)vdb) prefetch_l2(V + j * vdb + li * 128);
-                        if (li == LG - 1 && kab) prefetch_l2(Ka + j * kab);
-                        if (li == LG - 1 && vab) prefetch_l2(Va + j * vab);
-                    }
-                }
-            }
             KVChunk kr[UA], vr[UA];
             float wv[UA];
 #pragma unroll

@@ -96,7 +96,7 @@ struct MapGateUp {
 // Before the barrier that precedes a stage: each warp asks L2 for the first 256 columns of its first
 // item's rows, so that its first loads after the barrier need not wait for DRAM. (Holding them in
 // registers across the barrier instead pushes the kernel past its 128 registers.)
-__device__ __forceinline__ void prefetch_l2(const void *p) { asm volatile("prefetch.global.L2 [%0];" ::"l"(p)); }
+__device__ __forceinline__ void prefetch_l2(const uint16_t *p) { asm volatile("prefetch.global.L2 [%0];" ::"l"(p)); }
 
 template <class Map>
 __device__ __forceinline__ void prefetch_first(const Map &map) {
