@@ -118,7 +118,7 @@ static void usage(FILE *out) {
             "Engine:\n"
             "  -c, --ctx N             KV cache capacity in tokens (default min(%d, max_position_embeddings))\n"
             "  -b, --batch N           prefill the prompt in chunks of N tokens (default %d)\n"
-            "      --kv FORMAT         KV cache format (default bf16): f32 (exact; reference path only), bf16, f16 (3 more\n"
+            "      --kv FORMAT         KV cache format (default f16): f32 (exact; reference path only), bf16, f16 (3 more\n"
             "                          mantissa bits), int8 (~half the bytes), k8v4 (8-bit K, 4-bit V), kv4h (4-bit after a\n"
             "                          Hadamard rotation; reference path only). README: bytes, accuracy and speed of each\n"
             "      --ref               use the scalar reference path (the default without a GPU)\n"
