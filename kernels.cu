@@ -438,10 +438,10 @@ extern "C" Engine *cuda_engine_create(const Model *m, int capacity, KVFormat kv,
         cu_free(&c->base);
         long long fits = free_b > reserve ? (long long)((free_b - reserve) / per_token) : 0;
         return error_into(why, whylen,
-                          "-c %d does not fit: %s has %.2f GiB free; weights %.2f GiB, prefill %.2f GiB, and a %s KV cache of %.2f GiB "
-                          "(%zu bytes a token); at most -c %lld fits",
+                          "-c %d does not fit: %s has %.2f GiB free; weights %.2f GiB, prefill %.2f GiB, and the KV cache %.2f GiB "
+                          "(%s, %zu bytes a token); at most -c %lld fits",
                           capacity, prop.name, free_b / 1073741824.0, need_w / 1073741824.0, need_p / 1073741824.0,
-                          kv_format_name(kv), need_kv / 1073741824.0, per_token, fits), (Engine *)NULL;
+                          need_kv / 1073741824.0, kv_format_name(kv), per_token, fits), (Engine *)NULL;
     }
     CUDA_CHECK(cudaStreamCreateWithFlags(&c->st, cudaStreamNonBlocking), "cudaStreamCreate");
     BLAS_CHECK(cublasCreate(&c->blas), "cublasCreate");

@@ -3,7 +3,7 @@
 //
 // A format gives K and V each a codec. A cache holds, per (layer, kv head, position), a K row and a V
 // row of head_dim elements, in two planes per part:
-//   data [layer][kv_head][capacity][data bytes]   the elements, 8 at a time (a "chunk": 8..32 bytes)
+//   data [layer][kv_head][capacity][data bytes]   the elements, 8 at a time (a "chunk": 4..32 bytes)
 //   aux  [layer][kv_head][capacity][aux bytes]    scales, then (K) the wide channels
 // Wide channels: Qwen2-family k_proj biases put a few key channels at hundreds (the rest stay near
 // 1-5), so one scale per row would lose every other channel. Those channels are known from the
@@ -40,7 +40,7 @@ typedef struct {
 extern const KVFormatInfo kv_formats[KV_N_FORMATS];
 
 #define KV_GROUP 32     // elements per scale group of the 4-bit codecs
-#define KV_MAX_HEAD_DIM 4096
+#define KV_MAX_HEAD_DIM 4096  // config.json's limit (model.c)
 #define KV_MAX_WIDE 8   // most wide key channels per row (the GPU adds one per lane of a row's lane group)
 
 // A cache. The pointers are host memory for the reference path and device memory in the GPU engine.
