@@ -102,6 +102,20 @@ static void upload_matrix(uint16_t *dst, const Tensor *t, uint16_t *stage, size_
     }
 }
 
+// o_proj for a cache whose V rows are Hadamard-rotated (kv4h): the attention output comes out rotated
+// per head, so each head's block of columns is rotated too (W H = W H^-1: H is its own inverse),
+// in fp32, then rounded to bf16. stage holds at least a row.
+static void upload_rotated_columns(uint16_t *dst, const Tensor *t, int D, uint16_t *stage) {
+    float *row = (float *)xmalloc((size_t)t->cols * sizeof(float));
+    for (int64_t r = 0; r < t->rows; r++) {
+        tensor_row(t, r, row);
+        for (int64_t h = 0; h < t->cols / D; h++) kv_hadamard(row + h * D, D);
+        for (int64_t i = 0; i < t->cols; i++) stage[i] = f32_to_bf16(row[i]);
+        CUDA_CHECK(cudaMemcpy(dst + r * t->cols, stage, (size_t)t->cols * 2, cudaMemcpyHostToDevice), "weight upload");
+    }
+    free(row);
+}
+
 // A vector (norm weight, bias) as fp32 on the device; NULL for an absent tensor.
 static float *upload_vector(CudaEngine *c, const Tensor *t) {
     if (!t->data) return NULL;
@@ -121,6 +135,7 @@ static const void *decode_kernel_hp(KVFormat f) {
     case KV_F16: return (const void *)kernel_decode<HP, KV_F16>;
     case KV_INT8: return (const void *)kernel_decode<HP, KV_INT8>;
     case KV_K8V4: return (const void *)kernel_decode<HP, KV_K8V4>;
+    case KV_KV4H: return (const void *)kernel_decode<HP, KV_KV4H>;
     default: return (const void *)kernel_decode<HP, KV_BF16>;
     }
 }
@@ -424,6 +439,12 @@ extern "C" Engine *cuda_engine_create(const Model *m, int capacity, KVFormat kv,
     shape.format = kv, shape.codec[0] = kv_formats[kv].k, shape.codec[1] = kv_formats[kv].v;
     shape.n_layers = d.L, shape.n_kv_heads = d.Hkv, shape.head_dim = D, shape.capacity = capacity;
     shape.n_wide = kv_wide_channels(m, kv, (int16_t **)&shape.wide);
+    if (kv == KV_KV4H && shape.n_wide) {
+        free((void *)shape.wide);
+        cu_free(&c->base);
+        return error_into(why, whylen, "the GPU engine's kv4h needs a model without wide key channels (this one has %d: Qwen2's "
+                          "key biases); use k8v4", shape.n_wide), (Engine *)NULL;
+    }
     size_t free_b = 0, total_b = 0;
     CUDA_CHECK(cudaMemGetInfo(&free_b, &total_b), "cudaMemGetInfo");
     size_t B = (size_t)max_batch, wide = (size_t)std::max(std::max(d.H, d.QD), d.I);
@@ -460,7 +481,8 @@ extern "C" Engine *cuda_engine_create(const Model *m, int capacity, KVFormat kv,
         upload_matrix(qkv + (size_t)(d.QD + d.KVD) * d.H, &lw->wv, stage, stage_elems);
         w.wqkv = qkv;
         uint16_t *wo = (uint16_t *)dev_alloc(c, (size_t)d.H * d.QD * 2, &c->weight_bytes, "cudaMalloc (weights)");
-        upload_matrix(wo, &lw->wo, stage, stage_elems);
+        if (kv_formats[kv].v == KVC_Q4H) upload_rotated_columns(wo, &lw->wo, D, stage);
+        else upload_matrix(wo, &lw->wo, stage, stage_elems);
         w.wo = wo;
         uint16_t *gu = (uint16_t *)dev_alloc(c, (size_t)2 * d.I * d.H * 2, &c->weight_bytes, "cudaMalloc (weights)");
         upload_matrix(gu, &lw->w_gate, stage, stage_elems);

@@ -13,7 +13,7 @@ const KVFormatInfo kv_formats[KV_N_FORMATS] = {
     [KV_F16] = {"f16", KVC_F16, KVC_F16, 1, 1},
     [KV_INT8] = {"int8", KVC_Q8, KVC_Q8, 1, 1},
     [KV_K8V4] = {"k8v4", KVC_Q8, KVC_Q4, 1, 1},
-    [KV_KV4H] = {"kv4h", KVC_Q4H, KVC_Q4H, 1, 0},
+    [KV_KV4H] = {"kv4h", KVC_Q4H, KVC_Q4H, 1, 1},
 };
 
 const char *kv_format_name(KVFormat f) { return kv_formats[f].name; }

@@ -197,14 +197,16 @@ __device__ __host__ inline void att_chunks(int n, int att_S, int *CL, int *n_chu
 }
 
 // Every unit of this block, in the format FMT (a kernel_decode instance of its own). bf16 has no
-// wide channels (kv.c); the other formats add theirs when the model has some.
+// wide channels (kv.c), nor has kv4h on the GPU (the engine refuses such models); the other formats
+// add theirs when the model has some. kv4h's rows are rotated: so is q (finish_head), and the
+// output, whose rotation o_proj's weights undo (folded in at upload).
 template <int HP, int FMT>
 __device__ void stage_attention(const DecodeParams &p, int layer, int pos, float *sm) {
     int CL, nc;
     att_chunks(pos + 1, p.att_S, &CL, &nc);
     int units = p.d.Hkv * nc;
     for (int u = blockIdx.x; u < units; u += gridDim.x)
-        attention_unit<HP, Codecs<FMT>::k, Codecs<FMT>::v, FMT != KV_BF16>(p, layer, u / nc, u % nc, CL, pos + 1, nc, sm);
+        attention_unit<HP, Codecs<FMT>::k, Codecs<FMT>::v, FMT != KV_BF16 && FMT != KV_KV4H>(p, layer, u / nc, u % nc, CL, pos + 1, nc, sm);
 }
 
 #endif

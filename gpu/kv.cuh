@@ -11,6 +11,7 @@ template <> struct Codecs<KV_BF16> { static constexpr KVCodec k = KVC_BF16, v = 
 template <> struct Codecs<KV_F16> { static constexpr KVCodec k = KVC_F16, v = KVC_F16; };
 template <> struct Codecs<KV_INT8> { static constexpr KVCodec k = KVC_Q8, v = KVC_Q8; };
 template <> struct Codecs<KV_K8V4> { static constexpr KVCodec k = KVC_Q8, v = KVC_Q4; };
+template <> struct Codecs<KV_KV4H> { static constexpr KVCodec k = KVC_Q4H, v = KVC_Q4H; };
 
 // Row src[0..D) of shared memory into the cache at (layer, head, pos) of part (0: K, 1: V), by one
 // warp, in codec C (the cache's codec of that part). The wide channels are zeroed in src (after

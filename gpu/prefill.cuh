@@ -99,6 +99,7 @@ __device__ void load_tile(const KVCache &kv, int part, int layer, int g, int k0,
     case KVC_F16: load_tile_c<D, KVC_F16>(kv, part, layer, g, k0, n_keys, KV); break;
     case KVC_Q8: load_tile_c<D, KVC_Q8>(kv, part, layer, g, k0, n_keys, KV); break;
     case KVC_Q4: load_tile_c<D, KVC_Q4>(kv, part, layer, g, k0, n_keys, KV); break;
+    case KVC_Q4H: load_tile_c<D, KVC_Q4H>(kv, part, layer, g, k0, n_keys, KV); break;  // rotated, as q is
     default: load_tile_c<D, KVC_BF16>(kv, part, layer, g, k0, n_keys, KV); break;
     }
 }
