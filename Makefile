@@ -22,7 +22,7 @@ else
 GPU_OBJ   = build/gpu_none.o
 LDLIBS    = $(CPU_LIBS)
 endif
-SAN       = -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer -g
+SAN       = -fsanitize=address,undefined,float-cast-overflow -fno-sanitize-recover=all -fno-omit-frame-pointer -g
 
 HOST_SRC  = nano.c lineedit.c files.c model.c json.c kv.c ref.c check.c tokenizer.c sampler.c unicode.c unicode_data.c
 LIB_SRC   = files.c model.c json.c kv.c ref.c check.c tokenizer.c sampler.c unicode.c unicode_data.c   # everything but main(), for the tests

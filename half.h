@@ -46,7 +46,8 @@ HOST_DEVICE static inline float f16_to_f32(uint16_t h) {
     return sign ? -sub : sub;
 }
 
-// Round to nearest, ties to even, as IEEE (and __float2half_rn): |f| >= 65520 is Inf, subnormals kept.
+// Round to nearest, ties to even, as IEEE (and __float2half_rn, but for NaN payloads): |f| >= 65520 is
+// Inf, subnormals kept.
 HOST_DEVICE static inline uint16_t f32_to_f16(float f) {
     uint32_t u = f32_bits(f), sign = (u >> 16) & 0x8000u, a = u & 0x7FFFFFFFu;
     if (a > 0x7F800000u) return (uint16_t)(sign | 0x7E00u | ((a >> 13) & 0x3FFu));  // quiet NaN

@@ -351,12 +351,10 @@ static size_t weight_bytes(const Dims &d, int tied) {
 // The GPU cache in kv's format and shape: planes on the device, zeroed; the wide channel table copied.
 static void kv_alloc(CudaEngine *c, KVCache *kv, const KVCache *shape) {
     *kv = *shape;
-    size_t rows = (size_t)kv->n_layers * kv->n_kv_heads * kv->capacity, D = (size_t)kv->head_dim;
-    uint8_t **planes[4] = {&kv->k, &kv->k_aux, &kv->v, &kv->v_aux};
-    size_t sizes[4] = {kv_data_bytes(kv->codec[0], (int)D), kv_aux_bytes(kv->codec[0], (int)D, kv->n_wide),
-                       kv_data_bytes(kv->codec[1], (int)D), kv_aux_bytes(kv->codec[1], (int)D, 0)};
+    size_t rows = (size_t)kv->n_layers * kv->n_kv_heads * kv->capacity;
+    uint8_t **planes[4] = {&kv->k, &kv->k_aux, &kv->v, &kv->v_aux};  // plane i: part i / 2, aux i % 2
     for (int i = 0; i < 4; i++) {
-        size_t n = std::max<size_t>(rows * sizes[i], 16);  // a format without scales still gets a valid pointer
+        size_t n = std::max<size_t>(rows * kv_row_bytes(kv, i / 2, i % 2), 16);  // a format without scales still gets a valid pointer
         *planes[i] = (uint8_t *)dev_alloc(c, n, &c->kv_bytes, "cudaMalloc (KV cache)");
         CUDA_CHECK(cudaMemset(*planes[i], 0, n), "cudaMemset (KV cache)");
     }
@@ -439,7 +437,12 @@ extern "C" Engine *cuda_engine_create(const Model *m, int capacity, KVFormat kv,
     shape.format = kv, shape.codec[0] = kv_formats[kv].k, shape.codec[1] = kv_formats[kv].v;
     shape.n_layers = d.L, shape.n_kv_heads = d.Hkv, shape.head_dim = D, shape.capacity = capacity;
     shape.n_wide = kv_wide_channels(m, kv, (int16_t **)&shape.wide);
-    if (kv == KV_KV4H && shape.n_wide) {
+    if (shape.n_wide > D / 8) {  // the attention adds one wide channel per lane of a row's D / 8 (kv_wide_channels caps them so)
+        free((void *)shape.wide);
+        cu_free(&c->base);
+        return error_into(why, whylen, "%d wide key channels, more than head_dim / 8", shape.n_wide), (Engine *)NULL;
+    }
+    if (kv_rotated(&shape) && shape.n_wide) {
         free((void *)shape.wide);
         cu_free(&c->base);
         return error_into(why, whylen, "the GPU engine's kv4h needs a model without wide key channels (this one has %d: Qwen2's "
@@ -481,7 +484,7 @@ extern "C" Engine *cuda_engine_create(const Model *m, int capacity, KVFormat kv,
         upload_matrix(qkv + (size_t)(d.QD + d.KVD) * d.H, &lw->wv, stage, stage_elems);
         w.wqkv = qkv;
         uint16_t *wo = (uint16_t *)dev_alloc(c, (size_t)d.H * d.QD * 2, &c->weight_bytes, "cudaMalloc (weights)");
-        if (kv_formats[kv].v == KVC_Q4H) upload_rotated_columns(wo, &lw->wo, D, stage);
+        if (kv_rotated(&shape)) upload_rotated_columns(wo, &lw->wo, D, stage);
         else upload_matrix(wo, &lw->wo, stage, stage_elems);
         w.wo = wo;
         uint16_t *gu = (uint16_t *)dev_alloc(c, (size_t)2 * d.I * d.H * 2, &c->weight_bytes, "cudaMalloc (weights)");
@@ -741,12 +744,11 @@ extern "C" void cuda_engine_kv_copy(Engine *e, KVCache *kv, int n, int to_gpu) {
     if (kv->format != g->format || kv->n_layers != g->n_layers || kv->n_kv_heads != g->n_kv_heads || kv->head_dim != g->head_dim ||
         kv->n_wide != g->n_wide || n > kv->capacity || n > g->capacity)
         fatal("cuda_engine_kv_copy: the caches differ in format or shape");
-    size_t rows = (size_t)g->n_layers * g->n_kv_heads, D = (size_t)g->head_dim;
+    size_t rows = (size_t)g->n_layers * g->n_kv_heads;
     uint8_t *hp[4] = {kv->k, kv->k_aux, kv->v, kv->v_aux}, *gp[4] = {g->k, g->k_aux, g->v, g->v_aux};
-    size_t row_bytes[4] = {kv_data_bytes(g->codec[0], (int)D), kv_aux_bytes(g->codec[0], (int)D, g->n_wide),
-                           kv_data_bytes(g->codec[1], (int)D), kv_aux_bytes(g->codec[1], (int)D, 0)};
-    for (int i = 0; i < 4; i++) {  // each (layer, kv head) holds capacity rows; copy the first n
-        size_t w = (size_t)n * row_bytes[i], hpitch = (size_t)kv->capacity * row_bytes[i], gpitch = (size_t)g->capacity * row_bytes[i];
+    for (int i = 0; i < 4; i++) {  // plane i: part i / 2, aux i % 2; each (layer, kv head) holds capacity rows, copy the first n
+        size_t rb = kv_row_bytes(g, i / 2, i % 2);
+        size_t w = (size_t)n * rb, hpitch = (size_t)kv->capacity * rb, gpitch = (size_t)g->capacity * rb;
         if (!w) continue;
         if (to_gpu) CUDA_CHECK(cudaMemcpy2D(gp[i], gpitch, hp[i], hpitch, w, rows, cudaMemcpyHostToDevice), "KV cache copy");
         else CUDA_CHECK(cudaMemcpy2D(hp[i], hpitch, gp[i], gpitch, w, rows, cudaMemcpyDeviceToHost), "KV cache copy");

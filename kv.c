@@ -37,7 +37,7 @@ const char *kv_format_list(void) { return "f32, bf16, f16, int8, k8v4, kv4h"; }
 // Wide key channels. A Qwen2-family k_proj bias (added before RoPE, with no k_norm after it) is a
 // constant per channel; RoPE mixes channel i with i + D/2, so a large bias makes both large at every
 // position. A pair is wide when its bias magnitude is above KV_WIDE_MIN and 8x the median pair of
-// its head; at most KV_MAX_WIDE / 2 pairs per head, the largest first.
+// its head; at most KV_MAX_WIDE / 2 (and head_dim / 16) pairs per head, the largest first.
 
 #define KV_WIDE_MIN 4.0f  // a bias within the usual size of a key element does not stretch a row's scale
 
@@ -126,10 +126,10 @@ void kv_init(KVCache *kv, const Config *c, int capacity, KVFormat format, int n_
         kv->wide = w;
     }
     size_t rows = (size_t)c->n_layers * c->n_kv_heads * capacity;
-    kv->k = xcalloc(rows, kv_data_bytes(kv->codec[0], c->head_dim));
-    kv->v = xcalloc(rows, kv_data_bytes(kv->codec[1], c->head_dim));
-    kv->k_aux = xcalloc(rows, kv_aux_bytes(kv->codec[0], c->head_dim, kv->n_wide) + 1);  // + 1: never a 0-byte calloc
-    kv->v_aux = xcalloc(rows, kv_aux_bytes(kv->codec[1], c->head_dim, 0) + 1);
+    kv->k = xcalloc(rows, kv_row_bytes(kv, 0, 0));
+    kv->v = xcalloc(rows, kv_row_bytes(kv, 1, 0));
+    kv->k_aux = xcalloc(rows, kv_row_bytes(kv, 0, 1) + 1);  // + 1: never a 0-byte calloc
+    kv->v_aux = xcalloc(rows, kv_row_bytes(kv, 1, 1) + 1);
 }
 
 void kv_free(KVCache *kv) {

@@ -7,8 +7,9 @@
 //   aux  [layer][kv_head][capacity][aux bytes]    scales, then (K) the wide channels
 // Wide channels: Qwen2-family k_proj biases put a few key channels at hundreds (the rest stay near
 // 1-5), so one scale per row would lose every other channel. Those channels are known from the
-// checkpoint (kv.c chooses them); K keeps them exactly, in fp32, in its aux row, and stores 0 in their
-// place in the data row. A score is then q . decoded(data) + sum over wide channels of q[ch] * K[ch].
+// checkpoint (kv.c chooses them); K keeps them in fp32 in its aux row, and stores 0 in their place in
+// the data row. A score is then q . decoded(data) + sum over wide channels of q[ch] * K[ch]: exact
+// for every codec but kv4h's, whose rotation spreads the data row's noise over the zeroed places.
 #ifndef NANO_KV_H
 #define NANO_KV_H
 
@@ -41,7 +42,8 @@ extern const KVFormatInfo kv_formats[KV_N_FORMATS];
 
 #define KV_GROUP 32     // elements per scale group of the 4-bit codecs
 #define KV_MAX_HEAD_DIM 4096  // config.json's limit (model.c)
-#define KV_MAX_WIDE 8   // most wide key channels per row (the GPU adds one per lane of a row's lane group)
+#define KV_MAX_WIDE 8   // most wide key channels per row, and at most head_dim / 8 (the GPU adds one per lane of a
+                        // row's lane group of head_dim / 8 lanes)
 
 // A cache. The pointers are host memory for the reference path and device memory in the GPU engine.
 typedef struct {
@@ -94,14 +96,21 @@ HOST_DEVICE static inline size_t kv_row(const KVCache *kv, int layer, int head, 
 
 HOST_DEVICE static inline int kv_part_wide(const KVCache *kv, int part) { return part ? 0 : kv->n_wide; }
 
+// Bytes of one row of part (0: K, 1: V) in its data (aux 0) or aux plane (aux 1).
+HOST_DEVICE static inline size_t kv_row_bytes(const KVCache *kv, int part, int aux) {
+    return aux ? kv_aux_bytes(kv->codec[part], kv->head_dim, kv_part_wide(kv, part)) : kv_data_bytes(kv->codec[part], kv->head_dim);
+}
+
+// Rows Hadamard-rotated in the cache (kv4h): the GPU rotates q to match, and o_proj undoes the output's.
+HOST_DEVICE static inline int kv_rotated(const KVCache *kv) { return kv->codec[0] == KVC_Q4H; }
+
 // Where the row of part (0: K, 1: V) at (layer, head, pos) lives: its data and aux bytes; and its
 // wide channels' indices (NULL when it has none).
 HOST_DEVICE static inline uint8_t *kv_data_at(const KVCache *kv, int part, int layer, int head, int pos) {
-    return (part ? kv->v : kv->k) + kv_row(kv, layer, head, pos) * kv_data_bytes(kv->codec[part], kv->head_dim);
+    return (part ? kv->v : kv->k) + kv_row(kv, layer, head, pos) * kv_row_bytes(kv, part, 0);
 }
 HOST_DEVICE static inline uint8_t *kv_aux_at(const KVCache *kv, int part, int layer, int head, int pos) {
-    return (part ? kv->v_aux : kv->k_aux) +
-           kv_row(kv, layer, head, pos) * kv_aux_bytes(kv->codec[part], kv->head_dim, kv_part_wide(kv, part));
+    return (part ? kv->v_aux : kv->k_aux) + kv_row(kv, layer, head, pos) * kv_row_bytes(kv, part, 1);
 }
 HOST_DEVICE static inline const int16_t *kv_wide_at(const KVCache *kv, int part, int layer, int head) {
     int n = kv_part_wide(kv, part);
@@ -121,7 +130,7 @@ typedef struct {
 HOST_DEVICE static inline KVParams kv_params(KVCodec c, float lo, float hi) {
     KVParams p = {0, 0, 0};
     lo += 0.0f, hi += 0.0f;  // -0 -> +0, whatever order found them
-    float amax = fmaxf(-lo, hi);
+    float amax = fmaxf(-lo, hi) + 0.0f;  // fmaxf(-0, +0) may be either
     if (c == KVC_Q8) {
         p.scale = amax / 127.0f;
         p.inv = amax > 0 ? 127.0f / amax : 0.0f;
@@ -136,7 +145,8 @@ HOST_DEVICE static inline KVParams kv_params(KVCodec c, float lo, float hi) {
     return p;
 }
 
-HOST_DEVICE static inline int kv_clamp(float q, int lo, int hi) { return q < (float)lo ? lo : q > (float)hi ? hi : (int)q; }
+// q (already an integer) within [lo, hi]; NaN (a NaN or Inf in the row) goes to lo on host and GPU alike.
+HOST_DEVICE static inline int kv_clamp(float q, int lo, int hi) { return q >= (float)lo ? (q <= (float)hi ? (int)q : hi) : lo; }
 
 // Elements x[0..8) of chunk li into the data row; the parameters into the aux row (once per row or
 // group: the first chunk of each writes them).
@@ -178,7 +188,7 @@ HOST_DEVICE static inline void kv_encode8(KVCodec c, const float *x, KVParams p,
 // then unpack them to 8 floats in registers.
 
 typedef struct {
-    uint32_t w[4];  // the chunk's bytes (F32 chunks are read in two halves: see kv_decode_row)
+    uint32_t w[4];  // the chunk's bytes (never F32: the reference decodes it element by element, the GPU has none)
     uint32_t s;     // Q8: the fp32 scale; Q4: f16 scale | f16 minimum << 16; Q4H: f16 scale
 } KVChunk;
 

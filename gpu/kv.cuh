@@ -13,6 +13,18 @@ template <> struct Codecs<KV_INT8> { static constexpr KVCodec k = KVC_Q8, v = KV
 template <> struct Codecs<KV_K8V4> { static constexpr KVCodec k = KVC_Q8, v = KVC_Q4; };
 template <> struct Codecs<KV_KV4H> { static constexpr KVCodec k = KVC_Q4H, v = KVC_Q4H; };
 
+// kv_hadamard by one warp over x[0..D) in shared memory: the same butterflies in the same stages, so
+// the same bits.
+__device__ void warp_hadamard(float *x, int D) {
+    const int lane = threadIdx.x & 31;
+    for (int h = 1; h < D; h *= 2) {
+        for (int i = lane; i < D / 2; i += 32) kv_hadamard_step(x, h, i);
+        __syncwarp();
+    }
+    for (int i = lane; i < D; i += 32) x[i] *= kv_hadamard_norm(D);
+    __syncwarp();
+}
+
 // Row src[0..D) of shared memory into the cache at (layer, head, pos) of part (0: K, 1: V), by one
 // warp, in codec C (the cache's codec of that part). The wide channels are zeroed in src (after
 // being stored exactly), and a KVC_Q4H row is rotated in place.
@@ -27,14 +39,7 @@ __device__ void kv_store_row_c(const KVCache &kv, int part, int layer, int head,
         if (ch >= 0) src[ch] = 0;
         __syncwarp();
     }
-    if (C == KVC_Q4H) {
-        for (int h = 1; h < D; h *= 2) {
-            for (int i = lane; i < D / 2; i += 32) kv_hadamard_step(src, h, i);
-            __syncwarp();
-        }
-        for (int i = lane; i < D; i += 32) src[i] *= kv_hadamard_norm(D);
-        __syncwarp();
-    }
+    if (C == KVC_Q4H) warp_hadamard(src, D);
     const int li = lane;  // chunk li: elements 8 li .. 8 li + 7 (D / 8 <= 32 chunks)
     float x[8], lo = INFINITY, hi = -INFINITY;
     if (li < D / 8)

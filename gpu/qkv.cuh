@@ -13,7 +13,7 @@ __device__ void finish_head(const Dims &d, const DevLayer &w, const float *inv_f
     const int D = d.D, lane = threadIdx.x & 31;
     bool rotated;  // the cache's keys are Hadamard-rotated
     if constexpr (FMT >= 0) rotated = Codecs<FMT>::k == KVC_Q4H;
-    else rotated = kv.codec[0] == KVC_Q4H;
+    else rotated = kv_rotated(&kv);
     const float *b = w.bqkv ? w.bqkv + (size_t)h * D : NULL;
     for (int i = lane; i < D; i += 32) scratch[i] = __ldcg(raw + (size_t)h * D + i) + (b ? b[i] : 0.0f);
     __syncwarp();
@@ -49,11 +49,8 @@ __device__ void finish_head(const Dims &d, const DevLayer &w, const float *inv_f
     __syncwarp();
     if (kind == 1) kv_store_row<FMT>(kv, 0, layer, h - d.Hq, pos, scratch);
     if (kind == 0 && rotated) {  // keys rotated in the cache: q . K = (H q) . (H k)
-        for (int s = 1; s < D; s *= 2) {
-            for (int i = lane; i < D / 2; i += 32) kv_hadamard_step(scratch, s, i);
-            __syncwarp();
-        }
-        for (int i = lane; i < D; i += 32) q_out[(size_t)h * D + i] = scratch[i] * kv_hadamard_norm(D);
+        warp_hadamard(scratch, D);
+        for (int i = lane; i < D; i += 32) q_out[(size_t)h * D + i] = scratch[i];
         __syncwarp();
     }
 }

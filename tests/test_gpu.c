@@ -143,7 +143,7 @@ static int kv_mismatches(Engine *e, const KVCache *ref, int l, int p0, int p1) {
 
 // The GPU's K/V row store (kv_store_row) against the reference's kv_write on the same fp32 rows:
 // the same bytes in every plane. Rows: the fixture's own scale plus, on wide channels, values in the
-// hundreds (Qwen2's key biases); a few exact zeros and ties.
+// hundreds (Qwen2's key biases); a few exact zeros and ties, and all-zero rows (as -0).
 static void test_kv_store(const char *name, Engine *e, const KVCache *ref_shape, int T) {
     int Hkv = ref_shape->n_kv_heads, D = ref_shape->head_dim;
     Config c = {0};
@@ -158,6 +158,7 @@ static void test_kv_store(const char *name, Engine *e, const KVCache *ref_shape,
         float u = (float)(r >> 8) / 16777216.0f - 0.5f;
         rows[i] = i % 97 == 0 ? 0.0f : i % 89 == 0 ? 0.5f : u * 6;
     }
+    for (size_t i = (size_t)3 * Hkv * D; T > 1 && i < (size_t)4 * Hkv * D; i++) rows[i] = -0.0f;  // token 1's V rows: all zero
     for (int t = 0; t < T; t++)
         for (int h = 0; h < Hkv; h++) {
             const int16_t *w = kv_wide_at(&want, 0, 0, h);

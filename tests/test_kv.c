@@ -96,6 +96,8 @@ static void test_codecs(void) {
             for (int i = 0; i < D; i++) x[i] = i % 17 == 0 ? 0.0f : uniform(-scale, scale);
             if (r == 7)
                 for (int i = 32; i < 64; i++) x[i] = 0.25f;  // a constant group: scale 0
+            if (r == 11)
+                for (int i = 0; i < D; i++) x[i] = 0;  // an all-zero row: every scale 0
             memset(aux, 0, sizeof aux), memset(aux2, 0, sizeof aux2);
             kv_encode_row(c, x, D, 0, NULL, data, aux);
             kv_decode_row(c, data, aux, D, 0, NULL, y);
