@@ -2,6 +2,7 @@
 // reference path; --version and the engine line say the GPU engine is compiled out.
 #include <stdio.h>
 
+#include "gpu/hooks.h"
 #include "nano.h"
 
 const char *nano_gpu_build(void) { return NULL; }
@@ -19,3 +20,25 @@ Engine *cuda_engine_create(const Model *m, int capacity, KVFormat kv, int max_ba
 
 // Never reached: there is no engine to hook (--check stops at cuda_engine_create's NULL).
 void cuda_engine_set_hook(Engine *e, LayerHook hook, void *ctx) { (void)e, (void)hook, (void)ctx; }
+
+// The benchmark's hooks (gpu/hooks.h): never reached either, since no engine exists to measure.
+int cuda_engine_wo_split(Engine *e) {
+    (void)e;
+    fatal("cuda_engine_wo_split: built without the GPU engine");
+}
+void cuda_engine_bytes(Engine *e, double *weights, double *kv_per_pos) {
+    (void)e, (void)weights, (void)kv_per_pos;
+    fatal("cuda_engine_bytes: built without the GPU engine");
+}
+double cuda_copy_bandwidth(size_t bytes) {
+    (void)bytes;
+    fatal("cuda_copy_bandwidth: built without the GPU engine");
+}
+double cuda_engine_time(Engine *e, void (*fn)(void *ctx), void *ctx) {
+    (void)e, (void)fn, (void)ctx;
+    fatal("cuda_engine_time: built without the GPU engine");
+}
+int cuda_device_info(char *name, size_t namelen, int *driver, int *runtime) {
+    (void)name, (void)namelen, (void)driver, (void)runtime;
+    return 0;
+}

@@ -602,6 +602,8 @@ extern "C" void cuda_engine_set_wo_split(Engine *e, int wo_split) {
     graph_drop(c);
 }
 
+extern "C" int cuda_engine_wo_split(Engine *e) { return ((CudaEngine *)e)->wo_split; }
+
 extern "C" void cuda_engine_set_prefetch(Engine *e, int on) {
     CudaEngine *c = (CudaEngine *)e;
     c->prefetch = on;
@@ -842,3 +844,29 @@ extern "C" double cuda_copy_bandwidth(size_t bytes) {
     return best;
 }
 
+extern "C" double cuda_engine_time(Engine *e, void (*fn)(void *ctx), void *ctx) {
+    CudaEngine *c = (CudaEngine *)e;
+    cudaEvent_t t0, t1;
+    CUDA_CHECK(cudaEventCreate(&t0), "cudaEventCreate");
+    CUDA_CHECK(cudaEventCreate(&t1), "cudaEventCreate");
+    CUDA_CHECK(cudaEventRecord(t0, c->st), "cudaEventRecord");
+    fn(ctx);
+    CUDA_CHECK(cudaEventRecord(t1, c->st), "cudaEventRecord");
+    CUDA_CHECK(cudaEventSynchronize(t1), "cudaEventSynchronize");
+    float ms = 0;
+    CUDA_CHECK(cudaEventElapsedTime(&ms, t0, t1), "cudaEventElapsedTime");
+    cudaEventDestroy(t0);
+    cudaEventDestroy(t1);
+    return ms / 1e3;
+}
+
+extern "C" int cuda_device_info(char *name, size_t namelen, int *driver, int *runtime) {
+    char why[256];
+    if (!cuda_device_count(why, sizeof why)) return 0;
+    cudaDeviceProp prop;
+    CUDA_CHECK(cudaGetDeviceProperties(&prop, 0), "cudaGetDeviceProperties");
+    snprintf(name, namelen, "%s", prop.name);
+    CUDA_CHECK(cudaDriverGetVersion(driver), "cudaDriverGetVersion");
+    CUDA_CHECK(cudaRuntimeGetVersion(runtime), "cudaRuntimeGetVersion");
+    return 1;
+}

@@ -126,6 +126,9 @@ static void usage(FILE *out) {
             "      --wo-split N        GPU decode: split o_proj's reduction over N = 1, 2, 4 or 8 slots (default: from the shape)\n"
             "      --check             with --prompt-ids: run the GPU and the reference side by side on the prompt and -n\n"
             "                          decode steps; print each layer's largest residual difference\n"
+            "Benchmark (nano --bench --help lists its flags):\n"
+            "      --bench             prefill and decode tok/s in one process, like llama-bench: -p 512 -n 128 -d 0 -r 5,\n"
+            "                          comma lists swept, with --kv and --wo-split lists; -o md|csv|json; --save PREFIX\n"
             "Output:\n"
             "      --print-ids         print generated token ids instead of text\n"
             "      --dump-logits PATH  --prompt-ids: write fp32 logits for every prompt position, [n_prompt x vocab]\n"
@@ -1406,6 +1409,8 @@ static void perplexity_mode(Session *s, const Options *o) {
 
 #ifndef TESTING
 int main(int argc, char **argv) {
+    for (int i = 1; i < argc; i++)  // --bench takes its own flags (-p and -n are lists there)
+        if (!strcmp(argv[i], "--bench")) return bench_main(argc, argv);
     Options o;
     parse_args(&o, argc, argv);
     check_arguments(&o);

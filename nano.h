@@ -406,6 +406,11 @@ double logits_kld(const float *ref, const float *got, size_t n, int *ref_top, in
 double log_sum_exp(const float *x, size_t n);  // log(sum(exp(x))), shifted by the largest
 
 // ---------------------------------------------------------------------------------------------
+// nano --bench (bench.c): its own arguments (argv as main got it); returns the exit status.
+
+int bench_main(int argc, char **argv);
+
+// ---------------------------------------------------------------------------------------------
 // Files (files.c)
 
 #include <stdio.h>

@@ -41,6 +41,12 @@ void cuda_engine_set_prefetch(Engine *e, int on);
 void cuda_engine_bytes(Engine *e, double *weights, double *kv_per_pos);
 // Device-to-device copy bandwidth in bytes/s (read + written) over a buffer of the given size.
 double cuda_copy_bandwidth(size_t bytes);
+int cuda_engine_wo_split(Engine *e);  // the o_proj split in use (--wo-split, or the one picked from the shape)
+// Seconds between CUDA events recorded on the engine's stream before and after fn(ctx) runs (fn calls
+// the engine, whose calls return when their work is done): the device's view of the time fn took.
+double cuda_engine_time(Engine *e, void (*fn)(void *ctx), void *ctx);
+// Device 0's name and the driver's and runtime's CUDA versions (12040 is 12.4); 0 when there is no GPU.
+int cuda_device_info(char *name, size_t namelen, int *driver, int *runtime);
 
 #ifdef __cplusplus
 }
