@@ -27,7 +27,7 @@ SAN       = -fsanitize=address,undefined,float-cast-overflow -fno-sanitize-recov
 HOST_SRC  = nano.c bench.c lineedit.c files.c model.c json.c kv.c ref.c check.c tokenizer.c sampler.c unicode.c unicode_data.c
 LIB_SRC   = files.c model.c json.c kv.c ref.c check.c tokenizer.c sampler.c unicode.c unicode_data.c   # everything but main(), for the tests
 
-TEST_SRC  = tests/test_nano.c tests/test_unicode.c tests/test_tokenizer.c tests/test_modes.c tests/test_files.c tests/test_kv.c tests/test_usage.c
+TEST_SRC  = tests/test_nano.c tests/test_unicode.c tests/test_tokenizer.c tests/test_modes.c tests/test_files.c tests/test_kv.c tests/test_usage.c tests/test_bench.c
 
 FUZZ_SECONDS ?= 60
 

@@ -341,8 +341,8 @@ static void md_row(FILE *f, const Row *r, const RunInfo *ri) {
 static void md_footer(FILE *f, const RunInfo *ri, int reps, int batch) {
     char versions[96] = "";
     if (ri->driver[0]) snprintf(versions, sizeof versions, " (driver %s, %s)", ri->driver, ri->runtime);
-    fprintf(f, "\nnano %s, %s%s, copy %.1f GB/s (%s), %d repetitions after a warm-up, prefill chunk %d, %s sampler, %s\n", nano_commit,
-            ri->device, versions, ri->copy_bw / 1e9, ri->copy_method, reps, batch, ri->sampler, ri->date);
+    fprintf(f, "\nnano %s, %s%s, copy %.1f GB/s (%s), %d repetition%s after a warm-up, prefill chunk %d, %s sampler, %s\n",
+            nano_commit, ri->device, versions, ri->copy_bw / 1e9, ri->copy_method, reps, reps == 1 ? "" : "s", batch, ri->sampler, ri->date);
 }
 
 // A CSV field: quoted, with quotes doubled, whenever it holds a comma, a quote or a line end.

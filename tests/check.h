@@ -38,5 +38,6 @@ void test_modes(const char *nano, int first); // tests/test_modes.c: -p, -f, --p
 void test_files(const char *nano, int first); // tests/test_files.c: big files, write errors, --resume, locks, encodings
 void test_kv(void);                          // tests/test_kv.c: KV cache formats, f16 rounding, wide key channels
 void test_usage(const char *nano, int first); // tests/test_usage.c: seeds, --stop, builds, -t, chat editing
+void test_bench(const char *nano, int first); // tests/test_bench.c: nano --bench's rows and formats, bench.sh
 
 #endif

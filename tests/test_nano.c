@@ -693,6 +693,7 @@ int main(int argc, char **argv) {
         test_modes(argv[i], i == 1);
         test_files(argv[i], i == 1);
         test_usage(argv[i], i == 1);
+        test_bench(argv[i], i == 1);
         int found = test_fixtures_in(argv[i], "tests/fixtures") + test_fixtures_in(argv[i], "models");
         check(found >= 7, "%s: found %d HF fixtures (expected at least 7)", argv[i], found);
     }
