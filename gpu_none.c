@@ -22,6 +22,10 @@ Engine *cuda_engine_create(const Model *m, int capacity, KVFormat kv, int max_ba
 void cuda_engine_set_hook(Engine *e, LayerHook hook, void *ctx) { (void)e, (void)hook, (void)ctx; }
 
 // The benchmark's hooks (gpu/hooks.h): never reached either, since no engine exists to measure.
+void cuda_engine_set_wo_split(Engine *e, int wo_split) {
+    (void)e, (void)wo_split;
+    fatal("cuda_engine_set_wo_split: built without the GPU engine");
+}
 int cuda_engine_wo_split(Engine *e) {
     (void)e;
     fatal("cuda_engine_wo_split: built without the GPU engine");
