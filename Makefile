@@ -24,12 +24,22 @@ LDLIBS    = $(CPU_LIBS)
 endif
 SAN       = -fsanitize=address,undefined,float-cast-overflow -fno-sanitize-recover=all -fno-omit-frame-pointer -g
 
-HOST_SRC  = nano.c bench.c lineedit.c files.c model.c json.c kv.c ref.c check.c tokenizer.c sampler.c unicode.c unicode_data.c
-LIB_SRC   = files.c model.c json.c kv.c ref.c check.c tokenizer.c sampler.c unicode.c unicode_data.c   # everything but main(), for the tests
+HOST_SRC  = nano.c bench.c lineedit.c fatal.c files.c model.c json.c kv.c ref.c check.c tokenizer.c sampler.c unicode.c unicode_data.c
+LIB_SRC   = fatal.c files.c model.c json.c kv.c ref.c check.c tokenizer.c sampler.c unicode.c unicode_data.c   # everything but main(), for the tests
 
-TEST_SRC  = tests/test_nano.c tests/test_unicode.c tests/test_tokenizer.c tests/test_modes.c tests/test_files.c tests/test_kv.c tests/test_usage.c tests/test_bench.c
+TEST_SRC  = tests/test_nano.c tests/test_unicode.c tests/test_tokenizer.c tests/test_modes.c tests/test_files.c tests/test_kv.c tests/test_usage.c \
+            tests/test_bench.c tests/test_fuzz.c
 
 FUZZ_SECONDS ?= 60
+FUZZ_TARGETS      = json safetensors encode config index tokenizer chat batch resume args
+FUZZ_TEST_SECONDS ?= 20
+FUZZ_FLAGS = -g -O1 -std=c11 -D_GNU_SOURCE -I. -I$(STB_INC) $(WARN) -Wno-unused-but-set-variable -MMD -MP -fsanitize=address,undefined,float-cast-overflow -fno-sanitize-recover=all
+FUZZ_OBJ   = $(patsubst %.c,build/fuzz/%.o,$(filter-out fatal.c,$(LIB_SRC)) bench.c lineedit.c gpu_none.c) build/fuzz/fuzz_fatal.o build/version.o
+ifneq ($(filter test fuzz,$(MAKECMDGOALS)),)
+HAVE_LIBFUZZER := $(shell printf 'int LLVMFuzzerTestOneInput(const char *d, unsigned long n) { return d && n > 1 << 30; }\n' | \
+	clang -x c -fsanitize=fuzzer - -o /dev/null 2>/dev/null && echo yes)
+endif
+FUZZ_TEST = $(if $(HAVE_LIBFUZZER),$(FUZZ_TARGETS:%=build/fuzz_%))
 
 .PHONY: all test test-gpu fuzz clean FORCE
 all: nano
@@ -66,7 +76,8 @@ build/san/tests/%.o: tests/%.c | build
 	@mkdir -p build/san/tests
 	$(CC) $(CFLAGS) $(SAN) -I. -c $< -o $@
 
-test: nano build/san/nano build/san/test_nano build/nano-cpu
+test: nano build/san/nano build/san/test_nano build/nano-cpu $(FUZZ_TEST)
+	NANO_FUZZ="$(FUZZ_TEST:build/fuzz_%=%)" NANO_FUZZ_SECONDS=$(FUZZ_TEST_SECONDS) \
 	ASAN_OPTIONS=detect_leaks=1:protect_shadow_gap=0 build/san/test_nano ./nano build/san/nano
 
 # GPU suite: each decode stage and prefill kernel against the reference ops on the fixtures' tensors,
@@ -80,17 +91,24 @@ build/test_gpu: build/tests/test_gpu.o $(patsubst %.c,build/%.o,$(filter-out ref
 test-gpu: nano build/test_gpu
 	build/test_gpu
 
-# libFuzzer targets (needs clang): the JSON and safetensors parsers and encode() on arbitrary bytes,
-# each started from its seeds in tests/fuzz/seeds and run for FUZZ_SECONDS.
-FUZZ_TARGETS = json safetensors encode
-FUZZ_SRC     = files.c json.c model.c tokenizer.c unicode.c unicode_data.c
-build/fuzz_%: tests/fuzz/fuzz_%.c $(FUZZ_SRC) nano.h | build
-	clang -g -O1 -std=c11 -D_GNU_SOURCE -I. -I$(STB_INC) -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all $< $(FUZZ_SRC) -lm -o $@
+# libFuzzer targets (clang): the JSON and safetensors parsers, encode() on arbitrary bytes, config.json,
+# the shard index, tokenizer.json, the chat templates, batch lines, --resume's results and the command
+# line. Each links tests/fuzz/fatal.c, whose fatal() returns to the target instead of exiting.
+# `make fuzz` runs each from its seeds in tests/fuzz/seeds for FUZZ_SECONDS; `make test` runs each for
+# FUZZ_TEST_SECONDS when clang can build them (tests/test_fuzz.c), and says so when it cannot.
+build/fuzz/%.o: %.c | build
+	@mkdir -p build/fuzz
+	clang $(FUZZ_FLAGS) -fsanitize=fuzzer-no-link -c $< -o $@
+build/fuzz/fuzz_fatal.o: tests/fuzz/fatal.c | build
+	@mkdir -p build/fuzz
+	clang $(FUZZ_FLAGS) -fsanitize=fuzzer-no-link -c $< -o $@
+build/fuzz_%: tests/fuzz/fuzz_%.c $(FUZZ_OBJ)
+	clang $(FUZZ_FLAGS) -Wno-unused-function -fsanitize=fuzzer $< $(FUZZ_OBJ) $(CPU_LIBS) -o $@  # targets that include nano.c use part of it
+.SECONDARY: $(FUZZ_OBJ)  # kept between builds, not removed as intermediates
 fuzz: $(FUZZ_TARGETS:%=build/fuzz_%)
-	for t in $(FUZZ_TARGETS); do mkdir -p build/corpus_$$t && build/fuzz_$$t -max_len=8192 -max_total_time=$(FUZZ_SECONDS) \
-		$$( [ -f tests/fuzz/seeds/$$t.dict ] && echo -dict=tests/fuzz/seeds/$$t.dict ) build/corpus_$$t tests/fuzz/seeds/$$t || exit 1; done
+	for t in $(FUZZ_TARGETS); do tests/fuzz/run.sh $$t $(FUZZ_SECONDS) || exit 1; done
 
 clean:
 	rm -rf build nano
 
--include $(wildcard build/*.d build/san/*.d build/san/tests/*.d build/tests/*.d)
+-include $(wildcard build/*.d build/san/*.d build/san/tests/*.d build/tests/*.d build/fuzz/*.d build/fuzz_*.d)

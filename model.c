@@ -29,19 +29,6 @@ int error_into(char *err, size_t errlen, const char *fmt, ...) {
     return -1;
 }
 
-void fatal(const char *fmt, ...) {
-    char msg[1024];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(msg, sizeof msg, fmt, ap);
-    va_end(ap);
-    // Names from hostile files must not break the one-line promise or drive the terminal.
-    for (char *c = msg; *c; c++)
-        if ((unsigned char)*c < 0x20 || *c == 0x7f) *c = '?';
-    fprintf(stderr, "nano: %s\n", msg);
-    exit(1);
-}
-
 void *xmalloc(size_t n) {
     void *p = malloc(n ? n : 1);
     if (!p) fatal("out of memory allocating %zu bytes", n);
@@ -395,13 +382,11 @@ static void parse_rope(const JsonFile *f, Config *c) {
     if (truncate && truncate->type != JSON_TRUE) fatal("%s: yarn with \"truncate\": false is not supported", f->path);
 }
 
-static void parse_config(Config *c, const char *dir) {
-    char *path = path_join(dir, "config.json");
-    JsonFile f;
-    json_file_open(&f, path, 1);
+void config_parse(Config *c, const JsonFile *f) {
+    const char *path = f->path;
     memset(c, 0, sizeof *c);
 
-    const JsonNode *mt = cfg_find(&f, f.root, "model_type");
+    const JsonNode *mt = cfg_find(f, f->root, "model_type");
     if (!mt) fatal("%s: missing 'model_type' (expected \"qwen2\" or \"qwen3\")", path);
     if (mt->type != JSON_STRING) fatal("%s: 'model_type' must be a string (\"qwen2\" or \"qwen3\")", path);
     if (strcmp(mt->str, "qwen2") == 0) c->family = FAMILY_QWEN2;
@@ -409,56 +394,65 @@ static void parse_config(Config *c, const char *dir) {
     else fatal("%s: unsupported model_type '%s' (expected qwen2 or qwen3)", path, mt->str);
 
     const int big = 1 << 20;
-    c->hidden = cfg_int(&f, "hidden_size", 1, big);
-    c->intermediate = cfg_int(&f, "intermediate_size", 1, big);
-    c->n_layers = cfg_int(&f, "num_hidden_layers", 1, 4096);
-    c->n_heads = cfg_int(&f, "num_attention_heads", 1, 4096);
-    c->n_kv_heads = cfg_find(&f, f.root, "num_key_value_heads") ? cfg_int(&f, "num_key_value_heads", 1, 4096) : c->n_heads;
+    c->hidden = cfg_int(f, "hidden_size", 1, big);
+    c->intermediate = cfg_int(f, "intermediate_size", 1, big);
+    c->n_layers = cfg_int(f, "num_hidden_layers", 1, 4096);
+    c->n_heads = cfg_int(f, "num_attention_heads", 1, 4096);
+    c->n_kv_heads = cfg_find(f, f->root, "num_key_value_heads") ? cfg_int(f, "num_key_value_heads", 1, 4096) : c->n_heads;
     if (c->n_heads % c->n_kv_heads) fatal("%s: num_attention_heads %d is not a multiple of num_key_value_heads %d", path, c->n_heads, c->n_kv_heads);
     // Qwen3 configs always state head_dim (Hq*D may differ from hidden); never guess it.
-    if (cfg_find(&f, f.root, "head_dim") || c->family == FAMILY_QWEN3) c->head_dim = cfg_int(&f, "head_dim", 2, 4096);
+    if (cfg_find(f, f->root, "head_dim") || c->family == FAMILY_QWEN3) c->head_dim = cfg_int(f, "head_dim", 2, 4096);
     else if (c->hidden % c->n_heads) fatal("%s: hidden_size %d is not a multiple of num_attention_heads %d (and no head_dim)", path, c->hidden, c->n_heads);
     else c->head_dim = c->hidden / c->n_heads;
     if (c->head_dim % 2) fatal("%s: head_dim %d must be even for RoPE", path, c->head_dim);
-    c->vocab = cfg_int(&f, "vocab_size", 1, 1 << 24);
-    c->rms_eps = (float)cfg_num_in(&f, f.root, NULL, "rms_norm_eps", 1e-6, 0.0, 1.0);
-    c->max_pos = cfg_find(&f, f.root, "max_position_embeddings") ? cfg_int(&f, "max_position_embeddings", 1, 1 << 30) : 32768;
-    c->tied = cfg_bool(&f, "tie_word_embeddings", 0);
+    c->vocab = cfg_int(f, "vocab_size", 1, 1 << 24);
+    c->rms_eps = (float)cfg_num_in(f, f->root, NULL, "rms_norm_eps", 1e-6, 0.0, 1.0);
+    c->max_pos = cfg_find(f, f->root, "max_position_embeddings") ? cfg_int(f, "max_position_embeddings", 1, 1 << 30) : 32768;
+    c->tied = cfg_bool(f, "tie_word_embeddings", 0);
     // Qwen2Attention always has q/k/v biases (an attention_bias key is ignored, as in transformers);
     // Qwen3's attention_bias puts a bias on q, k, v and o_proj.
-    c->qkv_bias = c->family == FAMILY_QWEN2 || cfg_bool(&f, "attention_bias", 0);
+    c->qkv_bias = c->family == FAMILY_QWEN2 || cfg_bool(f, "attention_bias", 0);
     c->o_bias = c->family == FAMILY_QWEN3 && c->qkv_bias;
     c->qk_norm = c->family == FAMILY_QWEN3;
-    if (cfg_bool(&f, "use_sliding_window", 0)) fatal("%s: use_sliding_window is true; sliding-window attention is not supported", path);
-    const JsonNode *types = cfg_find(&f, f.root, "layer_types");
+    if (cfg_bool(f, "use_sliding_window", 0)) fatal("%s: use_sliding_window is true; sliding-window attention is not supported", path);
+    const JsonNode *types = cfg_find(f, f->root, "layer_types");
     if (types && types->type != JSON_ARRAY) fatal("%s: 'layer_types' must be an array", path);
-    for (const JsonNode *t = json_first(&f.json, types); t; t = json_next(&f.json, t))
+    for (const JsonNode *t = json_first(&f->json, types); t; t = json_next(&f->json, t))
         if (t->type != JSON_STRING || strcmp(t->str, "full_attention") != 0)
             fatal("%s: layer_types holds '%s'; only full_attention is supported", path, t->type == JSON_STRING ? t->str : "?");
-    const JsonNode *act = cfg_find(&f, f.root, "hidden_act");
+    const JsonNode *act = cfg_find(f, f->root, "hidden_act");
     if (act && (act->type != JSON_STRING || strcmp(act->str, "silu") != 0)) fatal("%s: hidden_act must be \"silu\"", path);
-    parse_rope(&f, c);
-    cfg_eos(&f, c);
-    json_file_close(&f);
-    free(path);
-
-    // generation_config.json's stop ids take precedence (instruct models list both im_end and endoftext).
-    // Its sampling settings are the model's defaults, read as transformers' GenerationConfig does: absent
-    // keys take transformers' defaults, and without do_sample true decoding is greedy.
-    path = path_join(dir, "generation_config.json");
+    parse_rope(f, c);
+    cfg_eos(f, c);
     c->sampling = (SamplerConfig){.temp = 0.7f, .top_k = 40, .top_p = 0.95f, .min_p = 0.0f, .repeat_penalty = 1.0f};
-    if (json_file_open(&f, path, 0)) {
-        cfg_eos(&f, c);
-        SamplerConfig *sc = &c->sampling;
-        *sc = (SamplerConfig){.temp = 1.0f, .top_k = 50, .top_p = 1.0f, .min_p = 0.0f, .repeat_penalty = 1.0f};
-        sc->temp = (float)cfg_num_in(&f, f.root, NULL, "temperature", sc->temp, 0, 100);
-        sc->top_k = (int)cfg_num_in(&f, f.root, NULL, "top_k", sc->top_k, 0, 1 << 24);
-        sc->top_p = (float)cfg_num_in(&f, f.root, NULL, "top_p", sc->top_p, 0, 1);
-        sc->min_p = (float)cfg_num_in(&f, f.root, NULL, "min_p", sc->min_p, 0, 1);
-        sc->repeat_penalty = (float)cfg_num_in(&f, f.root, NULL, "repetition_penalty", sc->repeat_penalty, 0.01, 100);
-        if (!cfg_bool(&f, "do_sample", 0)) sc->temp = 0;
+}
+
+// generation_config.json's stop ids take precedence (instruct models list both im_end and endoftext).
+// Its sampling settings are the model's defaults, read as transformers' GenerationConfig does: absent
+// keys take transformers' defaults, and without do_sample true decoding is greedy.
+void generation_config_parse(Config *c, const JsonFile *gen) {
+    cfg_eos(gen, c);
+    SamplerConfig *sc = &c->sampling;
+    *sc = (SamplerConfig){.temp = 1.0f, .top_k = 50, .top_p = 1.0f, .min_p = 0.0f, .repeat_penalty = 1.0f};
+    sc->temp = (float)cfg_num_in(gen, gen->root, NULL, "temperature", sc->temp, 0, 100);
+    sc->top_k = (int)cfg_num_in(gen, gen->root, NULL, "top_k", sc->top_k, 0, 1 << 24);
+    sc->top_p = (float)cfg_num_in(gen, gen->root, NULL, "top_p", sc->top_p, 0, 1);
+    sc->min_p = (float)cfg_num_in(gen, gen->root, NULL, "min_p", sc->min_p, 0, 1);
+    sc->repeat_penalty = (float)cfg_num_in(gen, gen->root, NULL, "repetition_penalty", sc->repeat_penalty, 0.01, 100);
+    if (!cfg_bool(gen, "do_sample", 0)) sc->temp = 0;
+}
+
+static void parse_config(Config *c, const char *dir) {
+    char *path = path_join(dir, "config.json"), *gen_path = path_join(dir, "generation_config.json");
+    JsonFile f;
+    json_file_open(&f, path, 1);
+    config_parse(c, &f);
+    json_file_close(&f);
+    if (json_file_open(&f, gen_path, 0)) {
+        generation_config_parse(c, &f);
         json_file_close(&f);
     }
+    free(gen_path);
     free(path);
 }
 
@@ -523,6 +517,26 @@ static void check_shard_name(const char *index_path, const char *name) {
         fatal("%s: shard file name '%s' must be a plain file name in the model directory", index_path, name);
 }
 
+int index_shards(const JsonFile *f, const char ***names) {
+    const JsonNode *wm = cfg_find(f, f->root, "weight_map");
+    if (!wm || wm->type != JSON_OBJECT || wm->count == 0) fatal("%s: missing or empty 'weight_map' object", f->path);
+    for (const JsonNode *e = json_first(&f->json, wm); e; e = json_next(&f->json, e)) {
+        if (e->type != JSON_STRING) fatal("%s: weight_map['%s'] must be a file name string", f->path, e->key);
+        check_shard_name(f->path, e->str);
+    }
+    // Distinct shard files, in order of first mention.
+    struct { char *key; int value; } *seen = NULL;
+    int n = 0;
+    *names = xmalloc((size_t)wm->count * sizeof **names);
+    for (const JsonNode *e = json_first(&f->json, wm); e; e = json_next(&f->json, e)) {
+        if (shgeti(seen, e->str) >= 0) continue;
+        shput(seen, (char *)e->str, 1);
+        (*names)[n++] = e->str;
+    }
+    shfree(seen);
+    return n;
+}
+
 static void add_tensors(Model *m, const SafeTensors *st, TensorMapEntry **map) {
     for (int k = 0; k < st->n_tensors; k++) {
         TensorEntry *t = &st->tensors[k];
@@ -546,27 +560,16 @@ static void open_shards(Model *m, const char *dir, TensorMapEntry **map) {
     char *index_path = path_join(dir, "model.safetensors.index.json");
     JsonFile f;
     if (!json_file_open(&f, index_path, 0)) fatal("%s: no model.safetensors or model.safetensors.index.json", dir);
-    const JsonNode *wm = cfg_find(&f, f.root, "weight_map");
-    if (!wm || wm->type != JSON_OBJECT || wm->count == 0) fatal("%s: missing or empty 'weight_map' object", index_path);
-    // Distinct shard files, in order of first mention.
-    struct { char *key; int value; } *seen = NULL;
-    const char **names = NULL;
-    for (const JsonNode *e = json_first(&f.json, wm); e; e = json_next(&f.json, e)) {
-        if (e->type != JSON_STRING) fatal("%s: weight_map['%s'] must be a file name string", index_path, e->key);
-        check_shard_name(index_path, e->str);
-        if (shgeti(seen, e->str) >= 0) continue;
-        shput(seen, (char *)e->str, 1);
-        arrput(names, e->str);
-    }
-    m->n_shards = (int)arrlen(names);
+    const char **names;
+    m->n_shards = index_shards(&f, &names);
     m->shards = xcalloc((size_t)m->n_shards, sizeof *m->shards);
     for (int i = 0; i < m->n_shards; i++) {
         st_open(&m->shards[i], path_join(dir, names[i]));
         add_tensors(m, &m->shards[i], map);
     }
-    shfree(seen);
-    arrfree(names);
+    free(names);
     // The index must agree with the shards' own headers.
+    const JsonNode *wm = json_get(&f.json, f.root, "weight_map");
     for (const JsonNode *e = json_first(&f.json, wm); e; e = json_next(&f.json, e)) {
         TensorEntry *t = shget(*map, e->key);
         const char *file = t ? owner_path(m, t) : NULL;

@@ -76,6 +76,7 @@ typedef struct {
     KVFormat kv;
     int wo_split;  // GPU: o_proj reduction slices; 0 picks from the shape
     int check;     // --check
+    int help;      // 'h': -h or --help, 'v': --version
 } Options;
 
 static void usage(FILE *out) {
@@ -194,13 +195,9 @@ static void parse_args(Options *o, int argc, char **argv) {
     o->kv = KV_N_FORMATS;  // the model's default (kv_default)
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
-        if (is_flag(a, "-h", "--help")) {
-            usage(stdout);
-            exit(0);
-        }
-        if (!strcmp(a, "--version")) {
-            print_version();
-            exit(0);
+        if (is_flag(a, "-h", "--help") || !strcmp(a, "--version")) {  // main prints it; the rest is not read
+            o->help = strcmp(a, "--version") ? 'h' : 'v';
+            return;
         }
         if (!strcmp(a, "--print-ids")) o->print_ids = 1;
         else if (!strcmp(a, "--verbose-prompt")) o->verbose_prompt = 1;
@@ -1054,6 +1051,7 @@ static int json_stops(const Json *j, const JsonNode *v, BatchItem *it, char *err
     int n = v->type == JSON_STRING ? 1 : v->type == JSON_ARRAY ? v->count : -1;
     const JsonNode *e = v->type == JSON_STRING ? v : n > 0 ? json_first(j, v) : NULL;
     it->stops = xcalloc((size_t)(n > 0 ? n : 1), sizeof *it->stops);
+    it->n_stops = 0;  // the line's own replace --stop's
     it->own_stops = 1;
     for (; e && it->n_stops < n; e = json_next(j, e)) {
         if (e->type != JSON_STRING || !e->len) break;
@@ -1173,37 +1171,47 @@ static long result_id(const char *path, const LineReader *r, uint64_t *hash) {
 // --resume: keeps each result whose id and line hash match a line of the prompts file, once. The rest
 // (changed, moved or repeated lines, a line cut short by an interruption) is dropped by writing the kept
 // lines to a new file that replaces -o; returns the descriptor to append to.
+typedef struct {
+    unsigned char *keep;  // [lines read] 1: the line is a result kept
+    long n_keep, n_drop;
+    int cut;              // the last line has no line end (an interrupted write)
+    char ids[80];         // the first dropped ids, for the message
+} ResumeScan;
+
+// Reads the results of an earlier run (r), marks b->done for each one kept and fills s.
+static void resume_scan(Batch *b, const char *path, LineReader *r, ResumeScan *s) {
+    while (line_next(r)) {
+        uint64_t h = 0;
+        long id = r->ended ? result_id(path, r, &h) : -1;
+        int k = id > 0 && id <= b->n_lines && h == b->hash[id] && !b->done[id];
+        if (k) b->done[id] = 1;
+        else if (r->ended) {
+            size_t l = strlen(s->ids);
+            if (l < sizeof s->ids - 24) snprintf(s->ids + l, sizeof s->ids - l, "%s%ld", s->n_drop ? ", " : "", id);
+            else if (!strstr(s->ids, "...")) strcat(s->ids, ", ...");
+            s->n_drop++;
+        }
+        if (r->no % 4096 == 1) {
+            s->keep = realloc(s->keep, (size_t)(r->no + 4096));
+            if (!s->keep) fatal("out of memory");
+        }
+        s->keep[r->no - 1] = (unsigned char)k;
+        s->n_keep += k;
+        s->cut = !r->ended;  // only a last line can lack its line end
+    }
+}
+
 static int resume_results(Batch *b, const Options *o, int fd) {
     LineReader r;
     if (lines_open(&r, o->out)) fatal("--resume %s: %s", o->out, file_error(o->out));
-    unsigned char *keep = NULL;
-    long n_keep = 0, n_drop = 0;
-    char ids[80] = "";
-    while (line_next(&r)) {
-        uint64_t h = 0;
-        long id = r.ended ? result_id(o->out, &r, &h) : -1;
-        int k = id > 0 && id <= b->n_lines && h == b->hash[id] && !b->done[id];
-        if (k) b->done[id] = 1;
-        else if (r.ended) {
-            size_t l = strlen(ids);
-            if (l < sizeof ids - 24) snprintf(ids + l, sizeof ids - l, "%s%ld", n_drop ? ", " : "", id);
-            else if (!strstr(ids, "...")) strcat(ids, ", ...");
-            n_drop++;
-        }
-        if (r.no % 4096 == 1) {
-            keep = realloc(keep, (size_t)(r.no + 4096));
-            if (!keep) fatal("out of memory");
-        }
-        keep[r.no - 1] = (unsigned char)k;
-        n_keep += k;
-    }
-    long n_read = r.no;
-    int cut = n_read && !r.ended;
+    ResumeScan s = {0};
+    resume_scan(b, o->out, &r, &s);
     lines_close(&r);
-    if (n_drop)
+    unsigned char *keep = s.keep;
+    if (s.n_drop)
         fprintf(stderr, "nano: --resume %s: %ld result(s) no longer match their line of %s (changed, moved or repeated: id %s); they run again\n",
-                o->out, n_drop, o->file, ids);
-    if (n_drop || cut) {
+                o->out, s.n_drop, o->file, s.ids);
+    if (s.n_drop || s.cut) {
         size_t n = strlen(o->out) + 8;
         char *tmp = xmalloc(n);
         snprintf(tmp, n, "%s.resume", o->out);
@@ -1413,6 +1421,11 @@ int main(int argc, char **argv) {
         if (!strcmp(argv[i], "--bench")) return bench_main(argc, argv);
     Options o;
     parse_args(&o, argc, argv);
+    if (o.help) {
+        if (o.help == 'h') usage(stdout);
+        else print_version();
+        return 0;
+    }
     check_arguments(&o);
     if (o.tokenize || o.tokenize_file) {
         tokenize_mode(&o);

@@ -181,6 +181,13 @@ typedef struct {
 void model_load(Model *m, const char *dir);  // fatal on any problem
 void model_dir_check(const char *dir);       // fatal, with a hint, unless dir looks like a checkpoint directory
 void model_free(Model *m);
+// What model_load makes of config.json and generation_config.json, fatal naming the file and key;
+// config_parse comes first (it also sets nano's own sampling defaults).
+void config_parse(Config *c, const JsonFile *config);
+void generation_config_parse(Config *c, const JsonFile *generation);
+// The distinct shard files of model.safetensors.index.json's weight_map, in order of first mention:
+// their count, and in *names a malloc'd array of names borrowed from f. Fatal for a malformed index.
+int index_shards(const JsonFile *f, const char ***names);
 // Reads every weight page once (a progress line on a terminal for checkpoints of 256 MB and more).
 void model_prefetch(const Model *m, const char *dir);
 
@@ -301,6 +308,10 @@ int sampler_sample(Sampler *s, float *logits, const int *history, int n_history)
 typedef struct Tokenizer Tokenizer;
 
 Tokenizer *tokenizer_load(const char *path);  // tokenizer.json; fatal naming the file and field
+// tokenizer_load in two steps, for tokenizer.json text already parsed: an empty tokenizer, then f read
+// into it (fatal naming f->path and the field; tokenizer_free frees what was read up to there).
+Tokenizer *tokenizer_new(void);
+void tokenizer_read(Tokenizer *t, const JsonFile *f);
 void tokenizer_free(Tokenizer *t);
 int tokenizer_n_ids(const Tokenizer *t);      // one past the largest id
 // Encodes text[0..len): added tokens, NFC, the Qwen split regex, byte-level BPE; add_special also
@@ -340,6 +351,11 @@ typedef struct {
 } ChatMessage;
 // CHAT_NONE when the model has none; CHAT_UNSUPPORTED for a template that is none of the formats.
 void chat_template_load(ChatTemplate *ct, const char *model_dir);
+// chat_template_load in two steps: tokenizer_config.json's template and BOS text, malloc'd or NULL (fatal
+// when chat_template is neither a string nor a list of named templates); then the format a template
+// text selects (NULL: CHAT_NONE), bos copied.
+char *chat_template_config(const JsonFile *f, char **bos);
+void chat_template_select(ChatTemplate *ct, const char *tmpl, const char *bos);
 void chat_template_free(ChatTemplate *ct);
 const char *chat_format_name(ChatFormat f);
 // The prompt text for msgs[0..n); thinking: 1 on, 0 off (Qwen3's enable_thinking=false), -1 unset.

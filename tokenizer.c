@@ -57,6 +57,7 @@ struct Tokenizer {
     // BPE results of pieces seen before: piece bytes -> (start, count) in cache_ids.
     struct { char *key; IdSpan value; } *cache;
     int *cache_ids;
+    char *joined;  // stb_ds array: load_merges' scratch, here so that an error frees it with the rest
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -197,7 +198,6 @@ static void load_vocab(Tokenizer *t, const JsonFile *f, const JsonNode *model) {
             tok_fail(t, "'model.%s' must be empty or null (byte-level BPE uses none)", affixes[k]);
     }
     const JsonNode *vocab = need(t, f, model, "vocab", JSON_OBJECT, "model.");
-    sh_new_strdup(t->vocab);
     for (const JsonNode *e = json_first(j, vocab); e; e = json_next(j, e)) {
         int id = valid_id(t, e, "'model.vocab' values");
         set_token(t, id, e->key, e->key_len, "'model.vocab'");
@@ -223,7 +223,6 @@ static int vocab_id(Tokenizer *t, const char *s, long merge) {
 static void load_merges(Tokenizer *t, const JsonFile *f, const JsonNode *model) {
     const Json *j = &f->json;
     const JsonNode *merges = need(t, f, model, "merges", JSON_ARRAY, "model.");
-    char *joined = NULL;
     long rank = 0;
     for (const JsonNode *e = json_first(j, merges); e; e = json_next(j, e), rank++) {
         const char *left, *right;
@@ -239,21 +238,20 @@ static void load_merges(Tokenizer *t, const JsonFile *f, const JsonNode *model) 
         } else {
             tok_fail(t, "'model.merges'[%ld] must be a \"left right\" string or a [\"left\", \"right\"] pair", rank);
         }
-        arrsetlen(joined, left_len + right_len + 1);
-        memcpy(joined, left, left_len);
-        joined[left_len] = 0;
-        int l = vocab_id(t, joined, rank);
-        memcpy(joined, right, right_len);
-        joined[right_len] = 0;
-        int r = vocab_id(t, joined, rank);
-        memcpy(joined, left, left_len);
-        memcpy(joined + left_len, right, right_len);
-        joined[left_len + right_len] = 0;
-        Merge m = {(int)rank, vocab_id(t, joined, rank)};
+        arrsetlen(t->joined, left_len + right_len + 1);
+        memcpy(t->joined, left, left_len);
+        t->joined[left_len] = 0;
+        int l = vocab_id(t, t->joined, rank);
+        memcpy(t->joined, right, right_len);
+        t->joined[right_len] = 0;
+        int r = vocab_id(t, t->joined, rank);
+        memcpy(t->joined, left, left_len);
+        memcpy(t->joined + left_len, right, right_len);
+        t->joined[left_len + right_len] = 0;
+        Merge m = {(int)rank, vocab_id(t, t->joined, rank)};
         uint64_t key = (uint64_t)l << 32 | (uint32_t)r;
         if (hmgeti(t->merges, key) < 0) hmput(t->merges, key, m);  // a repeated pair keeps its first rank
     }
-    arrfree(joined);
 }
 
 static int trie_child(const Tokenizer *t, int node, unsigned char byte) {
@@ -301,6 +299,8 @@ static void load_added(Tokenizer *t, const JsonFile *f) {
         static const char *unsupported[] = {"lstrip", "rstrip", "single_word"};
         for (int u = 0; u < 3; u++)
             if (is_true(j, e, unsupported[u])) tok_fail(t, "'%s%s' must be false (not supported)", where, unsupported[u]);
+        // HF finds such a token in the NFC-normalized text, after the raw text's other added tokens.
+        if (is_true(j, e, "normalized")) tok_fail(t, "'%snormalized' must be false (tokens matched after NFC are not supported)", where);
         t->special[id] = (unsigned char)is_true(j, e, "special");
         AddedToken a = {strdup(content->str), id, t->special[id]};
         if (!a.content) fatal("out of memory");
@@ -338,27 +338,40 @@ static void load_post_processor(Tokenizer *t, const JsonFile *f, const JsonNode 
         if (!ids || ids->type != JSON_ARRAY) tok_fail(t, "'post_processor.special_tokens' lacks ids for '%s'", name->str);
         for (const JsonNode *i = json_first(j, ids); i; i = json_next(j, i)) {
             int id = valid_id(t, i, "'post_processor.special_tokens' ids");
+            if (id >= t->n_ids || !t->bytes[id])
+                tok_fail(t, "'post_processor.special_tokens' id %d of '%s' is not a token of the vocabulary", id, name->str);
             if (seen_text) arrput(t->suffix, id);
             else arrput(t->prefix, id);
         }
     }
 }
 
-Tokenizer *tokenizer_load(const char *path) {
+Tokenizer *tokenizer_new(void) {
     if (!byte_char[255]) init_byte_chars();
     Tokenizer *t = xcalloc(1, sizeof *t);
-    t->path = strdup(path);
-    if (!t->path) fatal("out of memory");
-    JsonFile f;
-    json_file_open(&f, t->path, 1);
-    check_pipeline(t, &f);
-    const JsonNode *model = need(t, &f, f.root, "model", JSON_OBJECT, "");
-    load_vocab(t, &f, model);
-    load_merges(t, &f, model);
-    load_added(t, &f);
-    load_post_processor(t, &f, json_get(&f.json, f.root, "post_processor"));
-    json_file_close(&f);
+    sh_new_strdup(t->vocab);
     sh_new_strdup(t->cache);
+    return t;
+}
+
+void tokenizer_read(Tokenizer *t, const JsonFile *f) {
+    free(t->path);
+    t->path = strdup(f->path);
+    if (!t->path) fatal("out of memory");
+    check_pipeline(t, f);
+    const JsonNode *model = need(t, f, f->root, "model", JSON_OBJECT, "");
+    load_vocab(t, f, model);
+    load_merges(t, f, model);
+    load_added(t, f);
+    load_post_processor(t, f, json_get(&f->json, f->root, "post_processor"));
+}
+
+Tokenizer *tokenizer_load(const char *path) {
+    JsonFile f;
+    json_file_open(&f, path, 1);
+    Tokenizer *t = tokenizer_new();
+    tokenizer_read(t, &f);
+    json_file_close(&f);
     return t;
 }
 
@@ -377,6 +390,7 @@ void tokenizer_free(Tokenizer *t) {
     arrfree(t->suffix);
     shfree(t->cache);
     arrfree(t->cache_ids);
+    arrfree(t->joined);
     free(t->path);
     free(t);
 }
@@ -751,24 +765,46 @@ static char *chatml_default_system(const char *tmpl) {
     return NULL;
 }
 
-static char *read_template(const char *dir, char **bos) {
-    *bos = NULL;
-    char *path = path_join(dir, "tokenizer_config.json");
-    JsonFile f;
+char *chat_template_config(const JsonFile *f, char **bos) {
     char *tmpl = NULL;
+    *bos = NULL;
+    const JsonNode *ct = json_get(&f->json, f->root, "chat_template");
+    if (ct && ct->type == JSON_STRING) tmpl = strdup(ct->str);
+    else if (ct && ct->type == JSON_ARRAY)  // [{"name": "default", "template": ...}, ...]
+        for (const JsonNode *e = json_first(&f->json, ct); e && !tmpl; e = json_next(&f->json, e)) {
+            const JsonNode *name = json_get(&f->json, e, "name"), *body = json_get(&f->json, e, "template");
+            if (name && name->type == JSON_STRING && !strcmp(name->str, "default") && body && body->type == JSON_STRING)
+                tmpl = strdup(body->str);
+        }
+    else if (ct && ct->type != JSON_NULL) fatal("%s: 'chat_template' must be a string or a list of named templates", f->path);
+    const JsonNode *b = json_get(&f->json, f->root, "bos_token");
+    if (b && b->type == JSON_OBJECT) b = json_get(&f->json, b, "content");
+    if (b && b->type == JSON_STRING) *bos = strdup(b->str);
+    return tmpl;
+}
+
+void chat_template_select(ChatTemplate *ct, const char *tmpl, const char *bos) {
+    memset(ct, 0, sizeof *ct);
+    if (!tmpl) return;
+    if (strstr(tmpl, "<｜Assistant｜>")) {
+        ct->format = CHAT_DEEPSEEK;
+        ct->bos = strdup(bos ? bos : "");
+        if (!ct->bos) fatal("out of memory");
+        ct->think_in_prompt = strstr(tmpl, "'<｜Assistant｜><think>\\n'") != NULL;
+    } else if (strstr(tmpl, "<|im_start|>")) {
+        ct->format = strstr(tmpl, "<think>") ? CHAT_QWEN3 : CHAT_CHATML;
+        if (ct->format == CHAT_CHATML) ct->default_system = chatml_default_system(tmpl);
+    } else {
+        ct->format = CHAT_UNSUPPORTED;  // an error only where a prompt would be rendered with it
+    }
+}
+
+// The template of tokenizer_config.json, else of chat_template.jinja.
+void chat_template_load(ChatTemplate *ct, const char *dir) {
+    char *path = path_join(dir, "tokenizer_config.json"), *bos = NULL, *tmpl = NULL;
+    JsonFile f;
     if (json_file_open(&f, path, 0)) {
-        const JsonNode *ct = json_get(&f.json, f.root, "chat_template");
-        if (ct && ct->type == JSON_STRING) tmpl = strdup(ct->str);
-        else if (ct && ct->type == JSON_ARRAY)  // [{"name": "default", "template": ...}, ...]
-            for (const JsonNode *e = json_first(&f.json, ct); e && !tmpl; e = json_next(&f.json, e)) {
-                const JsonNode *name = json_get(&f.json, e, "name"), *body = json_get(&f.json, e, "template");
-                if (name && name->type == JSON_STRING && !strcmp(name->str, "default") && body && body->type == JSON_STRING)
-                    tmpl = strdup(body->str);
-            }
-        else if (ct && ct->type != JSON_NULL) fatal("%s: 'chat_template' must be a string or a list of named templates", path);
-        const JsonNode *b = json_get(&f.json, f.root, "bos_token");
-        if (b && b->type == JSON_OBJECT) b = json_get(&f.json, b, "content");
-        if (b && b->type == JSON_STRING) *bos = strdup(b->str);
+        tmpl = chat_template_config(&f, &bos);
         json_file_close(&f);
     }
     free(path);
@@ -779,28 +815,7 @@ static char *read_template(const char *dir, char **bos) {
         if (!tmpl && (errno != ENOENT || is_link(path))) fatal("%s: %s", path, file_error(path));
         free(path);
     }
-    return tmpl;
-}
-
-void chat_template_load(ChatTemplate *ct, const char *dir) {
-    memset(ct, 0, sizeof *ct);
-    char *bos;
-    char *tmpl = read_template(dir, &bos);
-    if (!tmpl) {
-        free(bos);
-        return;
-    }
-    if (strstr(tmpl, "<｜Assistant｜>")) {
-        ct->format = CHAT_DEEPSEEK;
-        ct->bos = bos ? bos : strdup("");
-        ct->think_in_prompt = strstr(tmpl, "'<｜Assistant｜><think>\\n'") != NULL;
-        bos = NULL;
-    } else if (strstr(tmpl, "<|im_start|>")) {
-        ct->format = strstr(tmpl, "<think>") ? CHAT_QWEN3 : CHAT_CHATML;
-        if (ct->format == CHAT_CHATML) ct->default_system = chatml_default_system(tmpl);
-    } else {
-        ct->format = CHAT_UNSUPPORTED;  // an error only where a prompt would be rendered with it
-    }
+    chat_template_select(ct, tmpl, bos);
     free(bos);
     free(tmpl);
 }
@@ -811,12 +826,11 @@ void chat_template_free(ChatTemplate *ct) {
     memset(ct, 0, sizeof *ct);
 }
 
-static void put(char **out, const char *s) {
-    size_t n = strlen(s);
-    memcpy(arraddnptr(*out, n), s, n);
+static void put_n(char **out, const char *s, size_t n) {
+    if (n) memcpy(arraddnptr(*out, n), s, n);  // an empty array may still be NULL
 }
 
-static void put_n(char **out, const char *s, size_t n) { memcpy(arraddnptr(*out, n), s, n); }
+static void put(char **out, const char *s) { put_n(out, s, strlen(s)); }
 
 // An stb_ds char array as a malloc'd C string (the array is freed).
 static char *to_string(char *arr) {

@@ -39,5 +39,6 @@ void test_files(const char *nano, int first); // tests/test_files.c: big files, 
 void test_kv(void);                          // tests/test_kv.c: KV cache formats, f16 rounding, wide key channels
 void test_usage(const char *nano, int first); // tests/test_usage.c: seeds, --stop, builds, -t, chat editing
 void test_bench(const char *nano, int first); // tests/test_bench.c: nano --bench's rows and formats, bench.sh
+void test_fuzz(void);                        // tests/test_fuzz.c: each fuzz target briefly, when clang built them
 
 #endif

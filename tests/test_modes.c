@@ -418,6 +418,16 @@ static void test_batch_keys(const char *nano) {
               res[5].n_gen);
     }
     run_free(&r);
+    // A line's "stop" replaces --stop's strings, whole (it once kept a NULL in place of --stop's one).
+    snprintf(text, sizeof text,
+             "{\"prompt\": \"Call me Ishmael.\", \"temperature\": 0, \"repeat_penalty\": 1, \"n_predict\": 12, \"stop\": [\"%s\", \"QQ\"]}\n",
+             stop);
+    write_text(prompts, text);
+    char *stop_args[] = {"-m", TINY, "-f", "-", "--raw", "--ref", "--stop", "never", NULL};
+    r = run_nano(nano, stop_args, prompts);
+    check(r.status == 0 && cut && strstr(r.out, "\"finish_reason\": \"stop\"") && !strstr(r.out, stop),
+          "%s -f --stop never: a line's \"stop\": [\"%s\", \"QQ\"] replaces it and cuts the reply: %s", nano, stop, r.out);
+    run_free(&r);
     write_text(prompts, "{\"prompt\": \"Call me Ishmael.\", \"n_predict\": 2}\nIn the beginning\n");
     r = run_nano(nano, args, prompts);
     check(r.status == 0 && count_lines(r.out) == 1 && !strstr(r.err, "failed"), "%s -f -: exit status 0 when every prompt succeeds (%d)", nano,

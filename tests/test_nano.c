@@ -686,6 +686,7 @@ int main(int argc, char **argv) {
     test_tokenizer();
     test_sampling();
     test_kv();
+    test_fuzz();
     for (int i = 1; i < argc; i++) {
         test_bad_input(argv[i]);
         test_generation(argv[i]);

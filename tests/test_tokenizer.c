@@ -265,8 +265,21 @@ static void test_many_added(void) {
     tokenizer_free(t);
 }
 
+// An R1 template without a BOS text renders from an empty start (a NULL array once reached memcpy).
+static void test_empty_bos(void) {
+    ChatTemplate ct;
+    chat_template_select(&ct, "{{'<｜Assistant｜>'}}", NULL);
+    ChatMessage m = {"user", "Hi"};
+    char *s = chat_render(&ct, &m, 1, 1, -1);
+    check(ct.format == CHAT_DEEPSEEK && !strcmp(s, "<｜User｜>Hi<｜Assistant｜>"),
+          "R1 template without bos_token: '%s'", s);
+    free(s);
+    chat_template_free(&ct);
+}
+
 void test_tokenizer(void) {
     test_many_added();
+    test_empty_bos();
     test_stream();
     Tokenizer *qwen3 = tokenizer_load("tests/tokenizer/qwen3/tokenizer.json");
     check(tokenizer_n_ids(qwen3) == 151669, "qwen3 tokenizer: %d ids", tokenizer_n_ids(qwen3));
@@ -371,6 +384,9 @@ void test_tokenizer_cli(const char *nano) {
         {"added token lstrip", "\"lstrip\":false", "\"lstrip\":true", "'added_tokens[0].lstrip' must be false"},
         {"added token rstrip", "\"rstrip\":false", "\"rstrip\":true", "'added_tokens[0].rstrip' must be false"},
         {"added token single_word", "\"single_word\":false", "\"single_word\":true", "'added_tokens[0].single_word' must be false"},
+        {"added token normalized", "\"normalized\":false", "\"normalized\":true", "'added_tokens[0].normalized' must be false"},
+        {"post-processor id not a token", "\"ids\":[3259]", "\"ids\":[99999]",
+         "'post_processor.special_tokens' id 99999 of '<｜begin▁of▁sentence｜>' is not a token of the vocabulary"},
     };
     char *small = slurp("tests/tokenizer/small/tokenizer.json");
     for (size_t i = 0; i < sizeof fields / sizeof *fields; i++) {
