@@ -403,7 +403,8 @@ void config_parse(Config *c, const JsonFile *f) {
     // Qwen3 configs always state head_dim (Hq*D may differ from hidden); never guess it.
     if (cfg_find(f, f->root, "head_dim") || c->family == FAMILY_QWEN3) c->head_dim = cfg_int(f, "head_dim", 2, 4096);
     else if (c->hidden % c->n_heads) fatal("%s: hidden_size %d is not a multiple of num_attention_heads %d (and no head_dim)", path, c->hidden, c->n_heads);
-    else c->head_dim = c->hidden / c->n_heads;
+    else if ((c->head_dim = c->hidden / c->n_heads) > 4096)
+        fatal("%s: hidden_size %d / num_attention_heads %d gives head_dim %d, more than 4096", path, c->hidden, c->n_heads, c->head_dim);
     if (c->head_dim % 2) fatal("%s: head_dim %d must be even for RoPE", path, c->head_dim);
     c->vocab = cfg_int(f, "vocab_size", 1, 1 << 24);
     c->rms_eps = (float)cfg_num_in(f, f->root, NULL, "rms_norm_eps", 1e-6, 0.0, 1.0);

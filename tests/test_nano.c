@@ -448,6 +448,11 @@ static void test_bad_input(const char *nano) {
         {"duplicate key in config", "duplicate key 'hidden_size'", "dupkey", "\"hidden_size\": 8", "\"hidden_size\": 8, \"hidden_size\": 16"},
         {"Qwen3 attention_bias needs biases", "'model.layers.0.self_attn.q_proj.bias' is missing", "qwen3bias", "\"rope_theta\"", "\"attention_bias\": true, \"rope_theta\""},
         {"Qwen3 without head_dim", "missing 'head_dim'", "nohd", "\"head_dim\"", "\"head_dims\""},
+        {"Qwen2 head_dim from hidden_size beyond 4096", "hidden_size 8192 / num_attention_heads 1 gives head_dim 8192, more than 4096",
+         "hd8k", "\"qwen3\", \"hidden_size\": 8, \"intermediate_size\": 16, \"num_hidden_layers\": 1, \"num_attention_heads\": 2, "
+                 "\"num_key_value_heads\": 1, \"head_dim\": 4,",
+         "\"qwen2\", \"hidden_size\": 8192, \"intermediate_size\": 16, \"num_hidden_layers\": 1, \"num_attention_heads\": 1, "
+         "\"num_key_value_heads\": 1,"},
         {"yarn with rope_theta 1", "yarn needs rope_theta > 1", "theta1", "\"rope_theta\": 10000.0", "\"rope_theta\": 1, \"rope_scaling\": {\"type\": \"yarn\", \"factor\": 2}"},
         {"nested config field out of range", "'rope_scaling.factor' must be a number", "factor", "\"rope_theta\": 10000.0", "\"rope_scaling\": {\"rope_type\": \"yarn\", \"factor\": 0.5}"},
     };
