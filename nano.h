@@ -322,6 +322,8 @@ int tokenizer_find(const Tokenizer *t, const char *token);  // id of a vocab or 
 // The bytes a token stands for (possibly part of a UTF-8 sequence); NULL for an id the tokenizer lacks.
 const char *tokenizer_bytes(const Tokenizer *t, int id, size_t *len);
 int tokenizer_is_special(const Tokenizer *t, int id);  // an added token marked special
+// Automaton steps spent finding added tokens by all encodes so far: the tests' measure of linear time.
+size_t tokenizer_added_steps(const Tokenizer *t);
 // Decodes ids to text (malloc'd, NUL-terminated, length in *len); skip_special drops special tokens.
 char *tokenizer_decode(const Tokenizer *t, const int *ids, int n, int skip_special, size_t *len);
 

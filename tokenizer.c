@@ -34,9 +34,12 @@ typedef struct {
     int id, special;
 } AddedToken;
 
+// A node of the Aho-Corasick automaton over the added tokens written backwards (see added_matches).
 typedef struct {
     int child, sibling;  // first child, next sibling; -1: none
-    int added;           // index in Tokenizer.added of the token ending here, or -1
+    int fail;            // the node of the longest proper suffix of this node's string (0: the root)
+    int added;           // index in Tokenizer.added of the token spelled by this node, or -1
+    int longest;         // the longest token that is a suffix of this node's string (itself or fail's), or -1
     unsigned char byte;
 } TrieNode;
 
@@ -50,9 +53,10 @@ struct Tokenizer {
     struct { uint64_t key; Merge value; } *merges;  // (left id << 32 | right id) -> rank, result
     int byte_id[256];     // id of each single byte's token
     AddedToken *added;    // stb_ds array
-    // Added tokens as a byte trie (stb_ds array, node 0 the root), so finding the longest one at a
-    // position costs its length, not a scan of every added token.
+    // Added tokens as an Aho-Corasick automaton (stb_ds array, node 0 the root), so finding them costs
+    // a bounded number of steps per text byte, whatever their number and length.
     TrieNode *trie;
+    size_t trie_steps;  // node visits while matching, summed over encodes (tokenizer_added_steps)
     int *prefix, *suffix;  // stb_ds arrays: ids the post-processor adds around the text
     // BPE results of pieces seen before: piece bytes -> (start, count) in cache_ids.
     struct { char *key; IdSpan value; } *cache;
@@ -260,19 +264,49 @@ static int trie_child(const Tokenizer *t, int node, unsigned char byte) {
     return -1;
 }
 
+// Adds a token backwards: the text is scanned right to left (added_matches).
 static void trie_add(Tokenizer *t, const char *content, int added) {
-    if (!t->trie) arrput(t->trie, ((TrieNode){-1, -1, -1, 0}));
+    if (!t->trie) arrput(t->trie, ((TrieNode){-1, -1, 0, -1, -1, 0}));
     int node = 0;
-    for (const unsigned char *p = (const unsigned char *)content; *p; p++) {
+    for (const unsigned char *p = (const unsigned char *)content + strlen(content); p-- > (const unsigned char *)content;) {
         int c = trie_child(t, node, *p);
         if (c < 0) {
             c = (int)arrlen(t->trie);
-            arrput(t->trie, ((TrieNode){-1, t->trie[node].child, -1, *p}));
+            arrput(t->trie, ((TrieNode){-1, t->trie[node].child, 0, -1, -1, *p}));
             t->trie[node].child = c;
         }
         node = c;
     }
-    if (t->trie[node].added < 0) t->trie[node].added = added;
+    if (t->trie[node].added < 0) t->trie[node].added = added;  // a repeated content keeps its first entry
+}
+
+// The automaton's next node after byte b: a child of node, else of its ever shorter suffixes (failure links).
+static int trie_next(Tokenizer *t, int node, unsigned char b) {
+    for (;;) {
+        t->trie_steps++;
+        int c = trie_child(t, node, b);
+        if (c >= 0) return c;
+        if (!node) return 0;
+        node = t->trie[node].fail;
+    }
+}
+
+// Failure links and longest tokens, breadth first, so a node's shorter suffixes are done before it.
+static void trie_link(Tokenizer *t) {
+    if (!t->trie) return;
+    int *queue = NULL;
+    arrput(queue, 0);
+    for (ptrdiff_t q = 0; q < arrlen(queue); q++) {
+        int u = queue[q];
+        for (int c = t->trie[u].child; c >= 0; c = t->trie[c].sibling) {
+            TrieNode *n = &t->trie[c];
+            n->fail = u ? trie_next(t, t->trie[u].fail, n->byte) : 0;
+            n->longest = n->added >= 0 ? n->added : t->trie[n->fail].longest;
+            arrput(queue, c);
+        }
+    }
+    arrfree(queue);
+    t->trie_steps = 0;
 }
 
 static void load_added(Tokenizer *t, const JsonFile *f) {
@@ -307,6 +341,7 @@ static void load_added(Tokenizer *t, const JsonFile *f) {
         arrput(t->added, a);
         trie_add(t, a.content, (int)arrlen(t->added) - 1);
     }
+    trie_link(t);
 }
 
 // The post-processor decides what encode(add_special) adds: nothing for Qwen (ByteLevel), the BOS for
@@ -602,16 +637,26 @@ static void encode_segment(Tokenizer *t, const char *s, size_t len, int **out) {
     free(nfc);
 }
 
-// The longest added token that starts at s[0..n), or NULL.
-static const AddedToken *added_at(const Tokenizer *t, const char *s, size_t n) {
-    const AddedToken *best = NULL;
-    int node = t->trie ? 0 : -1;
-    for (size_t i = 0; i < n && node >= 0; i++) {
-        node = trie_child(t, node, (unsigned char)s[i]);
-        if (node >= 0 && t->trie[node].added >= 0) best = &t->added[t->trie[node].added];
+typedef struct {
+    size_t at;  // byte offset in the text
+    int added;  // index in Tokenizer.added
+} AddedMatch;
+
+// The longest added token starting at each position that starts one, last position first. Read right
+// to left over the reversed tokens, the automaton's node spells the longest text from i on that begins
+// some token, so its longest suffix token is the longest token starting at i: one pass, linear time.
+static AddedMatch *added_matches(Tokenizer *t, const char *text, size_t len) {
+    AddedMatch *m = NULL;
+    if (!t->trie) return NULL;
+    int node = 0;
+    for (size_t i = len; i-- > 0;) {
+        node = trie_next(t, node, (unsigned char)text[i]);
+        if (t->trie[node].longest >= 0) arrput(m, ((AddedMatch){i, t->trie[node].longest}));
     }
-    return best;
+    return m;
 }
+
+size_t tokenizer_added_steps(const Tokenizer *t) { return t->trie_steps; }
 
 int *tokenizer_encode(Tokenizer *t, const char *text, size_t len, int add_special, int *n_out, char *err, size_t errlen) {
     long bad = utf8_invalid_offset(text, len);
@@ -622,18 +667,17 @@ int *tokenizer_encode(Tokenizer *t, const char *text, size_t len, int add_specia
     int *ids = NULL;
     if (add_special)
         for (ptrdiff_t i = 0; i < arrlen(t->prefix); i++) arrput(ids, t->prefix[i]);
+    // Leftmost-longest, as HF: left to right, each token that starts at or past the end of the last cut.
+    AddedMatch *m = added_matches(t, text, len);
     size_t seg = 0;
-    for (size_t i = 0; i < len;) {
-        const AddedToken *a = added_at(t, text + i, len - i);
-        if (!a) {
-            i++;
-            continue;
-        }
-        encode_segment(t, text + seg, i - seg, &ids);
+    for (ptrdiff_t k = arrlen(m) - 1; k >= 0; k--) {
+        if (m[k].at < seg) continue;
+        const AddedToken *a = &t->added[m[k].added];
+        encode_segment(t, text + seg, m[k].at - seg, &ids);
         arrput(ids, a->id);
-        i += strlen(a->content);
-        seg = i;
+        seg = m[k].at + strlen(a->content);
     }
+    arrfree(m);
     encode_segment(t, text + seg, len - seg, &ids);
     if (add_special)
         for (ptrdiff_t i = 0; i < arrlen(t->suffix); i++) arrput(ids, t->suffix[i]);

@@ -230,7 +230,7 @@ static void test_chat(void) {
 }
 
 // 50,000 added tokens, some prefixes of others, over 1 MB of text: the longest one at each position
-// wins (HF's leftmost-longest), found through the trie.
+// wins (HF's leftmost-longest), found through the automaton.
 static void test_many_added(void) {
     char *small = slurp("tests/tokenizer/small/tokenizer.json");
     char *at = strstr(small, "\"added_tokens\": [") + strlen("\"added_tokens\": [");
@@ -265,6 +265,114 @@ static void test_many_added(void) {
     tokenizer_free(t);
 }
 
+// The added-token json of tests/tokenizer/small/tokenizer.json with tokens[0..n) added at ids 5000...
+static Tokenizer *small_with_added(const char *name, char *const *tokens, int n) {
+    char *small = slurp("tests/tokenizer/small/tokenizer.json");
+    char *at = strstr(small, "\"added_tokens\": [") + strlen("\"added_tokens\": [");
+    size_t cap = strlen(small) + 100, len = 0;
+    for (int k = 0; k < n; k++) cap += strlen(tokens[k]) + 64;
+    char *json = xmalloc(cap);
+    len += (size_t)snprintf(json + len, cap - len, "%.*s", (int)(at - small), small);
+    for (int k = 0; k < n; k++)
+        len += (size_t)snprintf(json + len, cap - len, "{\"id\":%d,\"content\":\"%s\",\"special\":false},", 5000 + k, tokens[k]);
+    snprintf(json + len, cap - len, "%s", at);
+    const char *path = tmp_path(name);
+    write_text(path, json);
+    free(json);
+    free(small);
+    return tokenizer_load(path);
+}
+
+static unsigned rng_next(unsigned *s) { return *s = *s * 1103515245u + 12345u, *s >> 16; }
+
+// Added tokens that overlap every way (prefixes, suffixes, a 1 KB one and near misses of it) against a
+// brute-force leftmost-longest cut: at each position the longest token that starts there, else one
+// byte on; the text between cuts is encoded by the same file without these tokens.
+static void test_added_overlaps(void) {
+    char *long_a = xmalloc(1026), *long_d = xmalloc(1026);
+    memset(long_a, 'a', 1024), long_a[1024] = 'b', long_a[1025] = 0;  // a^1024 b
+    memset(long_d + 1, 'd', 1024), long_d[0] = 'c', long_d[1025] = 0;  // c d^1024
+    char *tokens[] = {"ab", "abc", "bcd", "b", "cdab", "dd", "dab", "bcda", "abcdabcd", "ca", long_a, long_d};
+    int n_tok = (int)(sizeof tokens / sizeof *tokens);
+    Tokenizer *t = small_with_added("overlaps.json", tokens, n_tok);
+    Tokenizer *plain = tokenizer_load("tests/tokenizer/small/tokenizer.json");
+    unsigned seed = 12345;
+    char err[200];
+    int bad = 0, cases = 400, cuts = 0, long_cuts = 0;
+    char *text = xmalloc(4096);
+    for (int c = 0; c < cases; c++) {
+        // Random letters of {a,b,c,d}, now and then a run of a or d near the long tokens' length.
+        size_t n = 0, want = 1 + rng_next(&seed) % 60;
+        while (n < want) {
+            unsigned r = rng_next(&seed) % 40;
+            if (r == 0 || r == 1) {
+                size_t run = 1020 + rng_next(&seed) % 8;
+                memset(text + n, r ? 'd' : 'a', run);
+                n += run;
+            } else {
+                text[n++] = (char)('a' + rng_next(&seed) % 4);
+            }
+        }
+        text[n] = 0;
+        int *expect = xmalloc((n + 1) * sizeof *expect), n_expect = 0;
+        size_t seg = 0;
+        for (size_t i = 0; i < n;) {
+            int best = -1;
+            size_t best_len = 0;
+            for (int k = 0; k < n_tok; k++) {
+                size_t l = strlen(tokens[k]);
+                if (l <= n - i && l > best_len && !memcmp(text + i, tokens[k], l)) best = k, best_len = l;
+            }
+            if (best < 0) {
+                i++;
+                continue;
+            }
+            int n_seg, *seg_ids = tokenizer_encode(plain, text + seg, i - seg, 0, &n_seg, err, sizeof err);
+            for (int k = 0; k < n_seg; k++) expect[n_expect++] = seg_ids[k];
+            free(seg_ids);
+            expect[n_expect++] = 5000 + best;
+            cuts++, long_cuts += best_len > 1000;
+            i += best_len;
+            seg = i;
+        }
+        int n_seg, *seg_ids = tokenizer_encode(plain, text + seg, n - seg, 0, &n_seg, err, sizeof err);
+        for (int k = 0; k < n_seg; k++) expect[n_expect++] = seg_ids[k];
+        free(seg_ids);
+        int n_ids, *ids = tokenizer_encode(t, text, n, 0, &n_ids, err, sizeof err);
+        int same = ids && n_ids == n_expect && !memcmp(ids, expect, (size_t)n_ids * sizeof *ids);
+        if (!same && bad++ < 3) fprintf(stderr, "  added tokens cut differently in '%.80s' (%zu bytes)\n", text, n);
+        free(ids);
+        free(expect);
+    }
+    check(bad == 0 && long_cuts > 0, "tokenizer: overlapping added tokens, leftmost-longest on %d random texts (%d cuts, %d of 1 KB): %d differ",
+          cases, cuts, long_cuts, bad);
+    free(text);
+
+    // Near misses of the 1 KB tokens over 1 MB: a bounded number of automaton steps per byte (each byte
+    // one step, plus at most one failure step for every step taken down), where the longest
+    // token's length per position would be about 10^9.
+    size_t len = 1 << 20;
+    char *near = xmalloc(len);
+    const char *fill[] = {"a^n", "d^n", "(a^1023 b)^n", "(c d^1023)^n"};  // each a byte short of a token
+    for (int f = 0; f < 4; f++) {
+        for (size_t i = 0; i < len; i++) {
+            size_t r = i % 1024;
+            near[i] = f == 0 ? 'a' : f == 1 ? 'd' : f == 2 ? (r == 1023 ? 'b' : 'a') : (r == 0 ? 'c' : 'd');
+        }
+        size_t before = tokenizer_added_steps(t);
+        int n_ids, *ids = tokenizer_encode(t, near, len, 0, &n_ids, err, sizeof err);
+        size_t steps = tokenizer_added_steps(t) - before;
+        check(ids && n_ids > 0 && steps >= len && steps <= 2 * len, "tokenizer: 1 MB of near misses of a 1 KB added token ('%s'): %zu automaton steps, at most 2 per byte",
+              fill[f], steps);
+        free(ids);
+    }
+    free(near);
+    tokenizer_free(plain);
+    tokenizer_free(t);
+    free(long_a);
+    free(long_d);
+}
+
 // An R1 template without a BOS text renders from an empty start (a NULL array once reached memcpy).
 static void test_empty_bos(void) {
     ChatTemplate ct;
@@ -279,6 +387,7 @@ static void test_empty_bos(void) {
 
 void test_tokenizer(void) {
     test_many_added();
+    test_added_overlaps();
     test_empty_bos();
     test_stream();
     Tokenizer *qwen3 = tokenizer_load("tests/tokenizer/qwen3/tokenizer.json");
