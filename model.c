@@ -377,7 +377,7 @@ static void parse_rope(const JsonFile *f, Config *c) {
     double mscale_all = cfg_num_in(f, scaling, where, "mscale_all_dim", 0, 0, 1e6);
     double attn = mscale && mscale_all ? yarn_mscale(c->rope_factor, mscale) / yarn_mscale(c->rope_factor, mscale_all)
                                        : yarn_mscale(c->rope_factor, 1.0);
-    c->yarn_attention_factor = (float)cfg_num_in(f, scaling, where, "attention_factor", attn, 0.0, 1e6);
+    c->yarn_attention_factor = (float)cfg_num_in(f, scaling, where, "attention_factor", attn, 1e-6, 1e6);  // 0 would zero every q and k
     const JsonNode *truncate = cfg_find(f, scaling, "truncate");
     if (truncate && truncate->type != JSON_TRUE) fatal("%s: yarn with \"truncate\": false is not supported", f->path);
 }
