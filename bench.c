@@ -259,32 +259,25 @@ static void cpu_name(char *out, size_t len) {
 typedef struct {
     Engine *e;
     Sampler *sampler;
+    Picker next;    // decode: forward, then pick, as -p does
     int *tokens;    // [capacity] the depth's ids, then what the test feeds
-    float *logits;  // [vocab]
-    int vocab;
     int n_prompt, n_gen, depth;
 } Test;
-
-static void logits_finite(const float *logits, int vocab, int pos) {
-    for (int i = 0; i < vocab; i++)
-        if (!isfinite(logits[i])) fatal("--bench: non-finite logit (%g) for id %d at position %d", logits[i], i, pos);
-}
 
 // One repetition: the prompt in one forward call, or n_gen decode steps, each a forward of the last
 // pick and a draw from its logits, as -p decodes.
 static void test_run(void *ctx) {
     Test *t = ctx;
     if (t->n_prompt) {
-        t->e->forward(t->e, t->tokens + t->depth, t->n_prompt, t->depth, t->logits, 0);
-        logits_finite(t->logits, t->vocab, t->depth + t->n_prompt - 1);
+        t->e->forward(t->e, t->tokens + t->depth, t->n_prompt, t->depth, t->next.logits, 0);
+        logits_check(t->next.logits, 1, t->next.vocab, t->depth + t->n_prompt - 1);
         return;
     }
     int pos = t->depth, id = t->tokens[pos];
     for (int k = 0; k < t->n_gen; k++) {
-        t->e->forward(t->e, &id, 1, pos, t->logits, 0);
-        logits_finite(t->logits, t->vocab, pos);
+        picker_forward(&t->next, &id, 1, pos);
         t->tokens[pos++] = id;
-        id = sampler_sample(t->sampler, t->logits, t->tokens, pos);
+        id = picker_sample(&t->next, t->tokens, pos);
     }
 }
 
@@ -604,8 +597,7 @@ int bench_main(int argc, char **argv) {
         sampler_init(&sampler, &sc, c->vocab, 1234);
         uint64_t x = 42;
         int *ids = xmalloc((size_t)capacity * sizeof *ids);
-        Test t = {.sampler = &sampler, .tokens = xmalloc((size_t)capacity * sizeof(int)), .logits = xmalloc((size_t)c->vocab * sizeof(float)),
-                  .vocab = c->vocab};
+        Test t = {.sampler = &sampler, .tokens = xmalloc((size_t)capacity * sizeof(int))};
         for (int i = 0; i < capacity; i++) ids[i] = (int)(lcg(&x) >> 33) % c->vocab;
         double *tps = xmalloc((size_t)o.reps * sizeof *tps);
 
@@ -614,6 +606,7 @@ int bench_main(int argc, char **argv) {
                 t.e = cuda_engine_create(&m, capacity, kvs[k], o.batch, o.wo_split.n ? o.wo_split.v[0] : 0, why, sizeof why);
                 if (!t.e) fatal("GPU engine: %s; add --ref to run on the reference path", why);
             } else t.e = ref_engine_create(&m, capacity, kvs[k], o.batch);
+            picker_init(&t.next, t.e, &sampler, c->vocab);
             double weights, kv_per_pos;
             if (gpu) cuda_engine_bytes(t.e, &weights, &kv_per_pos);
             else {
@@ -629,7 +622,7 @@ int bench_main(int argc, char **argv) {
                 memcpy(t.tokens, ids, (size_t)capacity * sizeof *ids);
                 if (t.depth) {
                     if (!o.quiet) fprintf(stderr, "nano: bench: %s KV: filling the cache to depth %d\n", kv_format_name(kvs[k]), t.depth);
-                    t.e->forward(t.e, ids, t.depth, 0, t.logits, 0);
+                    t.e->forward(t.e, ids, t.depth, 0, t.next.logits, 0);
                 }
                 for (int si = 0; si < n_splits; si++) {
                     if (gpu && o.wo_split.n) cuda_engine_set_wo_split(t.e, o.wo_split.v[si]);
@@ -655,9 +648,10 @@ int bench_main(int argc, char **argv) {
                     }
                 }
             }
+            picker_free(&t.next);
             t.e->free(t.e);
         }
-        free(tps), free(ids), free(t.tokens), free(t.logits);
+        free(tps), free(ids), free(t.tokens);
         sampler_free(&sampler);
         model_free(&m);
     }

@@ -316,7 +316,7 @@ typedef struct {
     int ctx;
     int *tokens;         // [ctx] the ids in the KV cache
     int pos;             // how many
-    float *logits;       // [vocab] after the last token fed
+    Picker next;         // the last token fed's logits (or their ranking), and the pick from them
     KVFormat kv;
     uint64_t seed;       // the sampler's, for the timings line
     int quiet;           // -q: no settings or timings lines
@@ -399,13 +399,13 @@ static void session_open(Session *s, const Options *o, int need_tokenizer) {
     ref_set_threads(o->threads ? o->threads : cores > 0 ? (int)cores : 1);
     s->engine = open_engine(o, &s->m, s->ctx, s->kv);
     s->tokens = xmalloc((size_t)s->ctx * sizeof *s->tokens);
-    s->logits = xmalloc((size_t)c->vocab * sizeof *s->logits);
     // Never sample an id the tokenizer cannot print: the embedding usually has padding rows past it.
     int n_ids = s->tok && tokenizer_n_ids(s->tok) < c->vocab ? tokenizer_n_ids(s->tok) : c->vocab;
     SamplerConfig sc = sampling_settings(o, c);
     s->seed = (uint64_t)o->seed;
     s->quiet = o->quiet;
     sampler_init(&s->sampler, &sc, n_ids, s->seed);
+    picker_init(&s->next, s->engine, &s->sampler, c->vocab);
     s->load_s = now_seconds() - t0;
 }
 
@@ -424,15 +424,7 @@ static void session_close(Session *s) {
     tokenizer_free(s->tok);
     model_free(&s->m);
     free(s->tokens);
-    free(s->logits);
-}
-
-// Garbage must never be printed silently: NaN/Inf logits stop the run.
-// logits holds rows x vocab values for positions first_pos, first_pos+1, ...
-static void check_logits(const float *logits, int rows, int vocab, int first_pos) {
-    for (size_t i = 0; i < (size_t)rows * vocab; i++)
-        if (!isfinite(logits[i]))
-            fatal("non-finite logit (%g) for id %zu at position %d", logits[i], i % (size_t)vocab, first_pos + (int)(i / (size_t)vocab));
+    picker_free(&s->next);
 }
 
 // Appends ids to the cache and runs them, leaving the last one's logits (and every position's in
@@ -456,12 +448,10 @@ static int session_feed(Session *s, const int *ids, int n, float *all_logits, ch
     size_t V = (size_t)s->m.cfg.vocab;
     if (all_logits) {
         s->engine->forward(s->engine, ids, n, s->pos, all_logits, 1);
-        check_logits(all_logits, n, (int)V, s->pos);
-        memcpy(s->logits, all_logits + (size_t)(n - 1) * V, V * sizeof *s->logits);
-    } else {
-        s->engine->forward(s->engine, ids, n, s->pos, s->logits, 0);
-        check_logits(s->logits, 1, (int)V, s->pos + n - 1);
-    }
+        logits_check(all_logits, n, (int)V, s->pos);
+        memcpy(s->next.logits, all_logits + (size_t)(n - 1) * V, V * sizeof *s->next.logits);
+        s->next.on_engine = 0;
+    } else picker_forward(&s->next, ids, n, s->pos);
     memcpy(s->tokens + s->pos, ids, (size_t)n * sizeof *ids);
     s->pos += n;
     return 0;
@@ -579,7 +569,7 @@ static Finish session_generate(Session *s, int n_predict, Sink *out, GenStats *s
             finish = FINISH_INTERRUPT;
             break;
         }
-        int id = sampler_sample(&s->sampler, s->logits, s->tokens, s->pos);
+        int id = picker_sample(&s->next, s->tokens, s->pos);
         if (is_eos(c, id)) {
             finish = FINISH_STOP;
             if (out->print_ids) sink_token(out, s->tok, id);  // ids mode shows the stop id too
@@ -596,8 +586,7 @@ static Finish session_generate(Session *s, int n_predict, Sink *out, GenStats *s
             finish = FINISH_CONTEXT;
             break;
         }
-        s->engine->forward(s->engine, &id, 1, s->pos, s->logits, 0);
-        check_logits(s->logits, 1, c->vocab, s->pos);
+        picker_forward(&s->next, &id, 1, s->pos);
         s->tokens[s->pos++] = id;
     }
     sink_finish(out);
@@ -1370,7 +1359,7 @@ static void perplexity_mode(Session *s, const Options *o) {
         for (int k = begin; k < end - 1; k += B) {  // rows predict ids[k+1 ...]
             int T = end - 1 - k < B ? end - 1 - k : B;
             s->engine->forward(s->engine, ids + k, T, k - begin, logits, 1);
-            check_logits(logits, T, (int)V, k - begin);
+            logits_check(logits, T, (int)V, k - begin);
             if (base) base->forward(base, ids + k, T, k - begin, base_logits, 1);
             for (int r = 0; r < T; r++) {
                 int target = k + r + 1;

@@ -250,6 +250,18 @@ void ref_head(RefState *s, const Model *m, const float *x, int T, float *logits)
 // Engines: a forward pass over a KV cache the engine owns. The reference path (ref.c) and the GPU
 // (kernels.cu) both provide one; the modes in nano.c only see this interface.
 
+// The largest logits of one position, ranked where they were computed (an engine that keeps its
+// logits to itself, or top_logits() on the host): largest first, equal logits smaller id first.
+#define TOP_LOGITS_MAX 64
+typedef struct {
+    int n;                        // min(TOP_LOGITS_MAX, the ids ranked)
+    int id[TOP_LOGITS_MAX];
+    float logit[TOP_LOGITS_MAX];
+    float next;                   // the largest logit of the ids not listed; -INFINITY when none are left
+    int bad_id;                   // the first id (of the whole vocabulary) whose logit is not finite, or -1
+    float bad_logit;
+} TopLogits;
+
 typedef struct Engine Engine;
 struct Engine {
     const char *name;  // "ref" or "cuda", for the timings line
@@ -257,6 +269,11 @@ struct Engine {
     // (entries at pos and later are overwritten, so a caller rewinds by passing a smaller pos).
     // logits: n x vocab when all_logits, else vocab for the last position only.
     void (*forward)(Engine *e, const int *ids, int n, int pos, float *logits, int all_logits);
+    // Optional (NULL where absent): forward of ids whose last logits stay on the engine; only their
+    // ranking over ids [0, n_ids) comes back in top, and last_logits copies them whole (vocab floats)
+    // when asked, until the next forward. Sampling on the host then costs a few hundred bytes a token.
+    void (*forward_top)(Engine *e, const int *ids, int n, int pos, int n_ids, TopLogits *top);
+    void (*last_logits)(Engine *e, float *logits);
     void (*free)(Engine *e);
 };
 
@@ -301,6 +318,33 @@ void sampler_seed(Sampler *s, uint64_t seed);
 int sampler_probs(Sampler *s, float *logits, const int *history, int n_history, float *probs);
 // Picks the next id (argmax when temp is 0); logits is modified.
 int sampler_sample(Sampler *s, float *logits, const int *history, int n_history);
+// The same pick from the ranked candidates alone, or -1 (nothing drawn) when they cannot decide it: the
+// settings want more than TOP_LOGITS_MAX ids (no top-k, or a bigger one; a penalty below 1), or the
+// penalty moved candidates below an id that was not listed. Equal to sampler_sample, draw for draw.
+int sampler_sample_top(Sampler *s, const TopLogits *top, const int *history, int n_history);
+int sampler_uses_top(const Sampler *s);  // whether sampler_sample_top can decide with these settings
+// The ranking of logits[0..n_ids) (and the finiteness of logits[0..vocab)) as an engine gives it.
+void top_logits(const float *logits, int vocab, int n_ids, TopLogits *top);
+
+// Forward, then pick, as every generating mode does (the sessions of nano.c, --bench): from the
+// engine's candidates when it ranks them itself and they decide the draw, else from the whole logits.
+// A non-finite logit is fatal either way, naming the id and the position.
+typedef struct {
+    Engine *e;
+    Sampler *s;
+    int vocab;
+    float *logits;   // [vocab]: the last forward's, when they came back whole (on_engine is 0)
+    TopLogits top;   // the last forward's candidates, when the logits stayed on the engine
+    int on_engine;
+    int last_pos;    // the last forward's last position
+} Picker;
+void picker_init(Picker *p, Engine *e, Sampler *s, int vocab);  // p->logits is malloc'd
+void picker_free(Picker *p);
+void picker_forward(Picker *p, const int *ids, int n, int pos);
+int picker_sample(Picker *p, const int *history, int n_history);
+// Garbage must never be printed silently: fatal at the first non-finite value of rows x vocab logits,
+// the rows being positions first_pos, first_pos + 1, ...
+void logits_check(const float *logits, int rows, int vocab, int first_pos);
 
 // ---------------------------------------------------------------------------------------------
 // Tokenizer (tokenizer.c): byte-level BPE from tokenizer.json, encoding exactly as HF tokenizers does

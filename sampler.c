@@ -61,20 +61,28 @@ static int argmax(const float *x, int n) {
     return best;
 }
 
+// The one ranking every path uses: the larger key first, equal keys the smaller id first. Total, so
+// the host and an engine that ranks on its own agree on every set of candidates and its order.
+static int ranks_above(const float *key, int a, int b) { return key[a] > key[b] || (key[a] == key[b] && a < b); }
+
 static const float *sort_keys;
-static int by_prob_desc(const void *a, const void *b) {  // ties by id, so the order is total
-    float pa = sort_keys[*(const int *)a], pb = sort_keys[*(const int *)b];
-    if (pa != pb) return pa > pb ? -1 : 1;
-    return *(const int *)a - *(const int *)b;
+static int by_rank(const void *a, const void *b) {
+    int ia = *(const int *)a, ib = *(const int *)b;
+    return ranks_above(sort_keys, ia, ib) ? -1 : ranks_above(sort_keys, ib, ia) ? 1 : 0;
 }
 
-// Restores the min-heap order of heap[0..k) below slot i (the root holds the smallest key).
+static void sort_by_rank(const float *key, int *ids, int n) {
+    sort_keys = key;
+    qsort(ids, (size_t)n, sizeof *ids, by_rank);
+}
+
+// Restores the heap order of heap[0..k) below slot i (the root ranks lowest).
 static void sift_down(const float *key, int *heap, int k, int i) {
     for (;;) {
         int c = 2 * i + 1;
         if (c >= k) return;
-        if (c + 1 < k && key[heap[c + 1]] < key[heap[c]]) c++;
-        if (key[heap[c]] >= key[heap[i]]) return;
+        if (c + 1 < k && ranks_above(key, heap[c], heap[c + 1])) c++;
+        if (!ranks_above(key, heap[i], heap[c])) return;
         int t = heap[c];
         heap[c] = heap[i];
         heap[i] = t;
@@ -82,13 +90,13 @@ static void sift_down(const float *key, int *heap, int k, int i) {
     }
 }
 
-// The k largest of key[0..n) into out[0..k) (unordered), in one pass with a min-heap of the best so
+// The k highest ranked of key[0..n) into out[0..k) (unordered), in one pass with a heap of the best so
 // far: a few compares per id, cheap next to exponentiating or sorting a 150k vocabulary.
 static void top_k_heap(const float *key, int n, int k, int *out) {
     for (int i = 0; i < k; i++) out[i] = i;
     for (int i = k / 2 - 1; i >= 0; i--) sift_down(key, out, k, i);
     for (int i = k; i < n; i++)
-        if (key[i] > key[out[0]]) {
+        if (ranks_above(key, i, out[0])) {
             out[0] = i;
             sift_down(key, out, k, 0);
         }
@@ -98,7 +106,6 @@ static void top_k_heap(const float *key, int n, int k, int *out) {
 // A big candidate set (no top-k) is not sorted whole: the heap brings out growing blocks of the most
 // likely ids until one holds top_p of the mass.
 static int top_p_prefix(Sampler *s, int kept) {
-    sort_keys = s->prob;
     // The heap scans every id, so it only serves when every id is a candidate (no top-k).
     int m = kept <= SORT_WHOLE_MAX || kept < s->n_ids ? kept : 256;
     for (;; m *= 16) {
@@ -106,7 +113,7 @@ static int top_p_prefix(Sampler *s, int kept) {
         if (m < kept) top_k_heap(s->prob, s->n_ids, m, s->order);
         else if (kept == s->n_ids)
             for (int i = 0; i < kept; i++) s->order[i] = i;  // a heap round overwrote the list of every id
-        qsort(s->order, (size_t)m, sizeof *s->order, by_prob_desc);
+        sort_by_rank(s->prob, s->order, m);
         double acc = 0;
         for (int i = 0; i < m; i++) {
             if (i > 0 && acc >= s->c.top_p) return i;
@@ -116,19 +123,11 @@ static int top_p_prefix(Sampler *s, int kept) {
     }
 }
 
-int sampler_probs(Sampler *s, float *logits, const int *history, int n_history, float *probs) {
-    int n = s->n_ids;
-    repetition_penalty(s, logits, history, n_history);
-    // Candidates: with top-k on, the k largest logits (temperature keeps their order), so a 150k
-    // vocabulary is neither exponentiated nor sorted for every token; else every id.
-    int kept = n;
-    if (s->c.top_k > 0 && s->c.top_k < n) {
-        kept = s->c.top_k;
-        top_k_heap(logits, n, kept, s->order);
-    } else {
-        for (int i = 0; i < n; i++) s->order[i] = i;
-    }
-    // Softmax over the candidates (transformers' warpers after top-k see exactly these).
+// The warpers after top-k, on the candidates order[0..kept) of logits (ranked, or every id in id
+// order): softmax at the temperature, top-p, min-p. Leaves the kept ones in order[0..return) with
+// their probabilities, summing to 1, in prob[id]. logits may be prob itself (each id is read, then
+// written).
+static int candidates_filter(Sampler *s, const float *logits, int kept) {
     float temp = s->c.temp > 0 ? s->c.temp : 1.0f, max = logits[s->order[0]];
     for (int i = 1; i < kept; i++) max = logits[s->order[i]] > max ? logits[s->order[i]] : max;
     double sum = 0;
@@ -146,22 +145,130 @@ int sampler_probs(Sampler *s, float *logits, const int *history, int n_history, 
     }
     double mass = 0;
     for (int i = 0; i < kept; i++) mass += s->prob[s->order[i]];
-    memset(probs, 0, (size_t)n * sizeof *probs);
-    for (int i = 0; i < kept; i++) probs[s->order[i]] = (float)(s->prob[s->order[i]] / mass);
+    for (int i = 0; i < kept; i++) s->prob[s->order[i]] = (float)(s->prob[s->order[i]] / mass);
+    return kept;
+}
+
+// Penalized logits -> the kept candidates (candidates_filter). With top-k on, the k highest ranked, so
+// a 150k vocabulary is neither exponentiated nor sorted for every token; else every id.
+static int candidates(Sampler *s, const float *logits) {
+    int n = s->n_ids;
+    if (s->c.top_k > 0 && s->c.top_k < n) {
+        top_k_heap(logits, n, s->c.top_k, s->order);
+        sort_by_rank(logits, s->order, s->c.top_k);
+        return candidates_filter(s, logits, s->c.top_k);
+    }
+    for (int i = 0; i < n; i++) s->order[i] = i;
+    return candidates_filter(s, logits, n);
+}
+
+static int draw(Sampler *s, int kept) {
+    double r = uniform(s), acc = 0;
+    for (int i = 0; i < kept; i++) {  // s->order[0..kept) lists the kept ids
+        acc += s->prob[s->order[i]];
+        if (r < acc) return s->order[i];
+    }
+    return s->order[kept - 1];  // rounding left r above the total
+}
+
+int sampler_probs(Sampler *s, float *logits, const int *history, int n_history, float *probs) {
+    repetition_penalty(s, logits, history, n_history);
+    int kept = candidates(s, logits);
+    memset(probs, 0, (size_t)s->n_ids * sizeof *probs);
+    for (int i = 0; i < kept; i++) probs[s->order[i]] = s->prob[s->order[i]];
     return kept;
 }
 
 int sampler_sample(Sampler *s, float *logits, const int *history, int n_history) {
-    if (s->c.temp == 0) {
-        repetition_penalty(s, logits, history, n_history);
-        return argmax(logits, s->n_ids);
+    repetition_penalty(s, logits, history, n_history);
+    if (s->c.temp == 0) return argmax(logits, s->n_ids);
+    return draw(s, candidates(s, logits));
+}
+
+int sampler_uses_top(const Sampler *s) {
+    if (s->c.repeat_penalty < 1.0f) return 0;  // it raises logits: an unlisted id could overtake
+    if (s->c.temp == 0) return 1;
+    return s->c.top_k > 0 && s->c.top_k <= TOP_LOGITS_MAX && s->c.top_k < s->n_ids;
+}
+
+int sampler_sample_top(Sampler *s, const TopLogits *top, const int *history, int n_history) {
+    int k = s->c.temp == 0 ? 1 : s->c.top_k;
+    if (!sampler_uses_top(s) || k > top->n) return -1;
+    float *logit = s->prob;  // the candidates' logits, by id, penalized as sampler_sample would
+    for (int i = 0; i < top->n; i++) logit[top->id[i]] = top->logit[i], s->order[i] = top->id[i];
+    if (s->c.repeat_penalty != 1.0f) {
+        float p = s->c.repeat_penalty;
+        for (int i = 0; i < n_history; i++)
+            if (history[i] >= 0 && history[i] < s->n_ids) s->seen[history[i]] = 1;
+        for (int i = 0; i < top->n; i++) {
+            int id = top->id[i];
+            if (s->seen[id]) logit[id] = logit[id] > 0 ? logit[id] / p : logit[id] * p;
+        }
+        for (int i = 0; i < n_history; i++)
+            if (history[i] >= 0 && history[i] < s->n_ids) s->seen[history[i]] = 0;
+        sort_by_rank(logit, s->order, top->n);
+        // The penalty only lowers logits, so no unlisted id is above top->next; one at it could still
+        // outrank the k-th candidate by its smaller id.
+        if (top->next >= logit[s->order[k - 1]]) return -1;
     }
-    float *probs = logits;  // sampler_probs reads the logits before it writes the distribution
-    int kept = sampler_probs(s, logits, history, n_history, probs);
-    double r = uniform(s), acc = 0;
-    for (int i = 0; i < kept; i++) {  // s->order[0..kept) lists the kept ids
-        acc += probs[s->order[i]];
-        if (r < acc) return s->order[i];
+    if (s->c.temp == 0) return s->order[0];
+    return draw(s, candidates_filter(s, logit, k));
+}
+
+void top_logits(const float *logits, int vocab, int n_ids, TopLogits *top) {
+    top->bad_id = -1;
+    top->bad_logit = 0;
+    for (int i = 0; i < vocab; i++)
+        if (!isfinite(logits[i])) {
+            top->bad_id = i, top->bad_logit = logits[i];
+            break;
+        }
+    int order[TOP_LOGITS_MAX + 1], n = n_ids < TOP_LOGITS_MAX + 1 ? n_ids : TOP_LOGITS_MAX + 1;
+    top_k_heap(logits, n_ids, n, order);
+    sort_by_rank(logits, order, n);
+    top->n = n < TOP_LOGITS_MAX ? n : TOP_LOGITS_MAX;
+    for (int i = 0; i < top->n; i++) top->id[i] = order[i], top->logit[i] = logits[order[i]];
+    top->next = n > TOP_LOGITS_MAX ? logits[order[TOP_LOGITS_MAX]] : -INFINITY;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Forward, then pick
+
+static NANO_NORETURN void bad_logit(float value, size_t id, int pos) {
+    fatal("non-finite logit (%g) for id %zu at position %d", value, id, pos);
+}
+
+void logits_check(const float *logits, int rows, int vocab, int first_pos) {
+    for (size_t i = 0; i < (size_t)rows * vocab; i++)
+        if (!isfinite(logits[i])) bad_logit(logits[i], i % (size_t)vocab, first_pos + (int)(i / (size_t)vocab));
+}
+
+void picker_init(Picker *p, Engine *e, Sampler *s, int vocab) {
+    memset(p, 0, sizeof *p);
+    p->e = e, p->s = s, p->vocab = vocab;
+    p->logits = xmalloc((size_t)vocab * sizeof *p->logits);
+}
+
+void picker_free(Picker *p) { free(p->logits); }
+
+void picker_forward(Picker *p, const int *ids, int n, int pos) {
+    p->last_pos = pos + n - 1;
+    p->on_engine = p->e->forward_top && sampler_uses_top(p->s);
+    if (!p->on_engine) {
+        p->e->forward(p->e, ids, n, pos, p->logits, 0);
+        logits_check(p->logits, 1, p->vocab, p->last_pos);
+        return;
     }
-    return s->order[kept - 1];  // rounding left r above the total
+    p->e->forward_top(p->e, ids, n, pos, p->s->n_ids, &p->top);
+    if (p->top.bad_id >= 0) bad_logit(p->top.bad_logit, (size_t)p->top.bad_id, p->last_pos);
+}
+
+int picker_sample(Picker *p, const int *history, int n_history) {
+    if (p->on_engine) {
+        int id = sampler_sample_top(p->s, &p->top, history, n_history);
+        if (id >= 0) return id;
+        p->e->last_logits(p->e, p->logits);  // the candidates could not decide: all of them, then
+        p->on_engine = 0;
+    }
+    return sampler_sample(p->s, p->logits, history, n_history);
 }

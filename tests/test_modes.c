@@ -535,4 +535,141 @@ void test_modes(const char *nano, int first) {
     test_interactive_tmux(nano);
 }
 
-void test_sampling(void) { test_sampler(); }
+// The draw from an engine's ranked candidates (sampler_sample_top) against the draw from all logits,
+// trial by trial with one seed each: the same ids, the same generator state after, and a fall back to
+// all logits only where the candidates cannot decide. Logits on a grid of 0.25 make ties common.
+static void test_sampler_top(void) {
+    enum { VOCAB = 1000, N_IDS = 990, TRIALS = 400, HIST = 60 };
+    struct {
+        SamplerConfig c;
+        const char *what;
+        int may_fall_back;  // 2: must, at least once
+    } cases[] = {
+        {{.temp = 0, .top_k = 0, .top_p = 1, .min_p = 0, .repeat_penalty = 1}, "greedy", 0},
+        {{.temp = 0.7f, .top_k = 20, .top_p = 0.8f, .min_p = 0, .repeat_penalty = 1}, "top-k 20, top-p 0.8", 0},
+        {{.temp = 0.6f, .top_k = 64, .top_p = 0.95f, .min_p = 0.05f, .repeat_penalty = 1}, "top-k 64, min-p", 0},
+        {{.temp = 0, .top_k = 0, .top_p = 1, .min_p = 0, .repeat_penalty = 1.5f}, "greedy, penalty 1.5", 1},
+        {{.temp = 1, .top_k = 40, .top_p = 1, .min_p = 0, .repeat_penalty = 4}, "top-k 40, penalty 4", 2},
+    };
+    float *logits = xmalloc(VOCAB * sizeof *logits), *copy = xmalloc(VOCAB * sizeof *copy);
+    int hist[HIST];
+    for (size_t ci = 0; ci < sizeof cases / sizeof *cases; ci++) {
+        Sampler full, top;
+        sampler_init(&full, &cases[ci].c, N_IDS, 5);
+        sampler_init(&top, &cases[ci].c, N_IDS, 5);
+        uint32_t x = 777u + (uint32_t)ci;
+        int same = 1, fell_back = 0;
+        for (int t = 0; t < TRIALS; t++) {
+            for (int i = 0; i < VOCAB; i++) {
+                x = x * 1664525u + 1013904223u;
+                logits[i] = (float)((int)(x >> 20) % 64 - 40) * 0.25f;
+            }
+            for (int i = 0; i < HIST; i++) {  // mostly ids near the top, as a real history would be
+                x = x * 1664525u + 1013904223u;
+                hist[i] = (int)(x >> 16) % 3 ? (int)(x >> 8) % N_IDS : -1;
+            }
+            TopLogits tl;
+            top_logits(logits, VOCAB, N_IDS, &tl);
+            for (int i = 0; i < HIST; i++)
+                if (hist[i] < 0) hist[i] = tl.id[i % 8];
+            memcpy(copy, logits, VOCAB * sizeof *copy);
+            int want = sampler_sample(&full, copy, hist, HIST);
+            int got = sampler_sample_top(&top, &tl, hist, HIST);
+            if (got < 0) {
+                fell_back++;
+                memcpy(copy, logits, VOCAB * sizeof *copy);
+                got = sampler_sample(&top, copy, hist, HIST);
+            }
+            same &= got == want;
+        }
+        check(same && full.rng == top.rng && (cases[ci].may_fall_back || !fell_back),
+              "sampler: %s from %d ranked candidates draws as from all logits in %d trials (%d fell back)", cases[ci].what, TOP_LOGITS_MAX,
+              TRIALS, fell_back);
+        if (cases[ci].may_fall_back == 2) check(fell_back > 0, "sampler: %s: candidates the penalty moved below an unlisted id fall back", cases[ci].what);
+        sampler_free(&full), sampler_free(&top);
+    }
+    // A penalty below 1 raises logits, and no top-k leaves every id a candidate: all logits are needed.
+    SamplerConfig boost = {.temp = 0, .top_k = 0, .top_p = 1, .min_p = 0, .repeat_penalty = 0.9f};
+    SamplerConfig no_k = {.temp = 1, .top_k = 0, .top_p = 0.9f, .min_p = 0, .repeat_penalty = 1};
+    Sampler a, b;
+    sampler_init(&a, &boost, N_IDS, 1), sampler_init(&b, &no_k, N_IDS, 1);
+    check(!sampler_uses_top(&a) && !sampler_uses_top(&b), "sampler: penalty < 1 and top-k off need all logits");
+    sampler_free(&a), sampler_free(&b);
+    // The ranking itself: order, next, and the first non-finite logit of the whole row.
+    for (int i = 0; i < VOCAB; i++) logits[i] = (float)(i % 7);
+    logits[995] = NAN, logits[3] = 100;
+    TopLogits tl;
+    top_logits(logits, VOCAB, N_IDS, &tl);
+    check(tl.n == TOP_LOGITS_MAX && tl.id[0] == 3 && tl.id[1] == 6 && tl.id[2] == 13 && tl.logit[1] == 6 && tl.next == 6 &&
+              tl.bad_id == 995 && isnan(tl.bad_logit),
+          "top_logits: ranked by logit then id (%d %d %d), next %g, first non-finite id %d", tl.id[0], tl.id[1], tl.id[2], tl.next, tl.bad_id);
+    free(logits), free(copy);
+}
+
+// An engine that ranks its own logits, as the GPU's does: the reference path behind forward_top, with
+// top_logits() for the ranking, so that both ways of the Picker run on the CPU.
+typedef struct {
+    Engine base;
+    Engine *ref;
+    float *logits;
+    int vocab;
+} RankingEngine;
+
+static void ranking_forward(Engine *e, const int *ids, int n, int pos, float *logits, int all) {
+    RankingEngine *r = (RankingEngine *)e;
+    r->ref->forward(r->ref, ids, n, pos, logits, all);
+}
+static void ranking_forward_top(Engine *e, const int *ids, int n, int pos, int n_ids, TopLogits *top) {
+    RankingEngine *r = (RankingEngine *)e;
+    r->ref->forward(r->ref, ids, n, pos, r->logits, 0);
+    top_logits(r->logits, r->vocab, n_ids, top);
+}
+static void ranking_last_logits(Engine *e, float *logits) {
+    RankingEngine *r = (RankingEngine *)e;
+    memcpy(logits, r->logits, (size_t)r->vocab * sizeof *logits);
+}
+
+// Tokens generated on the tiny model through a Picker, from a fixed prompt and seed.
+static void picker_generate(const Model *m, const SamplerConfig *c, int ranking, int *out, int n_out) {
+    enum { PROMPT = 12 };
+    Engine *ref = ref_engine_create(m, PROMPT + n_out, KV_F16, 16);
+    RankingEngine r = {.base = {.name = "ranking", .forward = ranking_forward, .forward_top = ranking_forward_top,
+                                .last_logits = ranking_last_logits},
+                       .ref = ref, .logits = xmalloc((size_t)m->cfg.vocab * sizeof(float)), .vocab = m->cfg.vocab};
+    Sampler s;
+    sampler_init(&s, c, m->cfg.vocab, 3);
+    Picker p;
+    picker_init(&p, ranking ? &r.base : ref, &s, m->cfg.vocab);
+    int ids[PROMPT + 64];
+    for (int i = 0; i < PROMPT; i++) ids[i] = 100 + 37 * i;
+    picker_forward(&p, ids, PROMPT, 0);
+    for (int k = 0; k < n_out; k++) {
+        ids[PROMPT + k] = out[k] = picker_sample(&p, ids, PROMPT + k);
+        if (k + 1 < n_out) picker_forward(&p, &out[k], 1, PROMPT + k);
+    }
+    picker_free(&p);
+    sampler_free(&s);
+    free(r.logits);
+    ref->free(ref);
+}
+
+static void test_picker(void) {
+    Model m;
+    model_load(&m, TINY);
+    SamplerConfig configs[] = {{.temp = 0, .top_k = 0, .top_p = 1, .min_p = 0, .repeat_penalty = 1},
+                               {.temp = 0.9f, .top_k = 20, .top_p = 0.9f, .min_p = 0, .repeat_penalty = 1.3f}};
+    for (int i = 0; i < 2; i++) {
+        int whole[40], ranked[40];
+        picker_generate(&m, &configs[i], 0, whole, 40);
+        picker_generate(&m, &configs[i], 1, ranked, 40);
+        check(!memcmp(whole, ranked, sizeof whole), "Picker: %s, 40 tokens of the tiny model from ranked candidates equal those from all logits",
+              i ? "seeded top-k 20 with penalty 1.3" : "greedy");
+    }
+    model_free(&m);
+}
+
+void test_sampling(void) {
+    test_picker();
+    test_sampler();
+    test_sampler_top();
+}

@@ -1,0 +1,99 @@
+// The ranking of one logits row for the host's sampler (TopLogits in nano.h), so that a token costs
+// the host a few hundred bytes instead of the whole vocabulary: the TOP_KEEP highest ranked ids of
+// [0, n_ids) and the first non-finite logit of the row.
+//
+// One order everywhere (sampler.c's ranks_above): the larger logit first, equal logits the smaller id
+// first. A 64-bit key holds the logit's bits made order-preserving as an unsigned int, above the id's
+// complement, so sorting keys in descending order ranks the ids; key 0 lies below every finite logit
+// and stands for "none". Each block ranks a slice of TOP_SLICE ids with a bitonic sort in shared
+// memory and keeps its best TOP_KEEP; one block then ranks what the slices kept the same way.
+#ifndef NANO_GPU_TOP_CUH
+#define NANO_GPU_TOP_CUH
+
+#define TOP_SLICE 4096                // ids a block ranks (a power of two)
+#define TOP_KEEP (TOP_LOGITS_MAX + 1) // the listed ids and the best one left out (TopLogits.next)
+#define TOP_THREADS 1024
+
+struct TopResult {
+    unsigned long long key[TOP_KEEP];  // descending
+    int bad_id;                        // INT_MAX when every logit is finite
+    float bad_logit;
+};
+
+__host__ __device__ inline unsigned long long top_key(float v, int id) {
+    unsigned u;
+    memcpy(&u, &v, 4);
+    u = (u & 0x80000000u) ? ~u : u | 0x80000000u;
+    return (unsigned long long)u << 32 | (0xFFFFFFFFu - (unsigned)id);
+}
+
+__host__ __device__ inline int top_key_id(unsigned long long k) { return (int)(0xFFFFFFFFu - (unsigned)k); }
+
+__host__ __device__ inline float top_key_logit(unsigned long long k) {
+    unsigned u = (unsigned)(k >> 32);
+    u = (u & 0x80000000u) ? u & 0x7FFFFFFFu : ~u;
+    float v;
+    memcpy(&v, &u, 4);
+    return v;
+}
+
+// Sorts k[0..n) (n a power of two) in descending order with the whole block; ends with a barrier.
+__device__ void block_sort_desc(unsigned long long *k, int n) {
+    for (int size = 2; size <= n; size <<= 1)
+        for (int stride = size >> 1; stride > 0; stride >>= 1) {
+            __syncthreads();
+            for (int i = threadIdx.x; i < n / 2; i += blockDim.x) {
+                int lo = 2 * i - (i & (stride - 1)), hi = lo + stride;  // a pair stride apart
+                unsigned long long a = k[lo], b = k[hi];
+                if ((a < b) == ((lo & size) == 0)) k[lo] = b, k[hi] = a;  // descending runs, then ascending ones
+            }
+        }
+    __syncthreads();
+}
+
+// Block b ranks ids [b TOP_SLICE, (b + 1) TOP_SLICE): its best TOP_KEEP keys into kept[b][], the first
+// id of its slice with a non-finite logit (or INT_MAX) into bad[b].
+__global__ void __launch_bounds__(TOP_THREADS) kernel_top_slices(const float *logits, int vocab, int n_ids, unsigned long long *kept,
+                                                                 int *bad) {
+    __shared__ unsigned long long k[TOP_SLICE];
+    __shared__ int first_bad;
+    if (threadIdx.x == 0) first_bad = INT_MAX;
+    __syncthreads();
+    int base = blockIdx.x * TOP_SLICE;
+    for (int i = threadIdx.x; i < TOP_SLICE; i += blockDim.x) {
+        int id = base + i;
+        unsigned long long key = 0;
+        if (id < vocab) {
+            float v = logits[id];
+            if (!isfinite(v)) atomicMin(&first_bad, id);  // the smallest, whatever the order
+            else if (id < n_ids) key = top_key(v, id);
+        }
+        k[i] = key;
+    }
+    block_sort_desc(k, TOP_SLICE);
+    for (int i = threadIdx.x; i < TOP_KEEP; i += blockDim.x) kept[(size_t)blockIdx.x * TOP_KEEP + i] = k[i];
+    if (threadIdx.x == 0) bad[blockIdx.x] = first_bad;
+}
+
+// One block: the best TOP_KEEP of the slices' n_slices x TOP_KEEP keys, TOP_SLICE at a time (the best
+// so far stay at the front), and the first non-finite logit.
+__global__ void __launch_bounds__(TOP_THREADS) kernel_top_merge(const float *logits, const unsigned long long *kept, const int *bad,
+                                                                int n_slices, TopResult *out) {
+    __shared__ unsigned long long k[TOP_SLICE];
+    int total = n_slices * TOP_KEEP;
+    for (int done = 0, front = 0; done < total; front = TOP_KEEP) {
+        int take = min(total - done, TOP_SLICE - front);
+        for (int i = threadIdx.x; i < TOP_SLICE - front; i += blockDim.x) k[front + i] = i < take ? kept[done + i] : 0;
+        done += take;
+        block_sort_desc(k, TOP_SLICE);
+    }
+    for (int i = threadIdx.x; i < TOP_KEEP; i += blockDim.x) out->key[i] = k[i];
+    if (threadIdx.x == 0) {
+        int first = INT_MAX;
+        for (int s = 0; s < n_slices; s++) first = min(first, bad[s]);
+        out->bad_id = first;
+        out->bad_logit = first == INT_MAX ? 0.0f : logits[first];
+    }
+}
+
+#endif
