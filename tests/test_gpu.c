@@ -408,6 +408,85 @@ static void test_forwards(const char *name, const Model *m, const Model *orig, c
     re->free(re), pre->free(pre), dec->free(dec);
 }
 
+// The logits ranked on the device (forward_top, gpu/top.cuh) against top_logits() on the same logits
+// copied whole, after a prefill and after decode steps, over fewer ids than the vocabulary; a NaN in
+// lm_head's row 5 found as the first non-finite logit; and tokens picked from the device's ranking
+// against tokens picked from all logits, greedy and seeded top-k with a penalty.
+static int same_ranking(const TopLogits *a, const TopLogits *b) {
+    return a->n == b->n && !memcmp(a->id, b->id, (size_t)a->n * sizeof *a->id) && !memcmp(a->logit, b->logit, (size_t)a->n * sizeof *a->logit) &&
+           !memcmp(&a->next, &b->next, sizeof a->next) && a->bad_id == b->bad_id;
+}
+
+static void picked(Engine *e, const Model *m, const SamplerConfig *sc, const int *prompt, int n, int *out, int n_out) {
+    Sampler s;
+    sampler_init(&s, sc, m->cfg.vocab, 11);
+    Picker p;
+    picker_init(&p, e, &s, m->cfg.vocab);
+    int *hist = xmalloc((size_t)(n + n_out) * sizeof *hist);
+    memcpy(hist, prompt, (size_t)n * sizeof *hist);
+    picker_forward(&p, prompt, n, 0);
+    for (int k = 0; k < n_out; k++) {
+        hist[n + k] = out[k] = picker_sample(&p, hist, n + k);
+        if (k + 1 < n_out) picker_forward(&p, &out[k], 1, n + k);
+    }
+    free(hist);
+    picker_free(&p);
+    sampler_free(&s);
+}
+
+static void test_ranking(const char *name, const Model *m, const int *ids, int n) {
+    int V = m->cfg.vocab, n_ids = V - 7;
+    char why[512];
+    Engine *pre = cuda_engine_create(m, n + 64, KV_F16, 64, 0, why, sizeof why), *dec = cuda_engine_create(m, n + 64, KV_F16, 1, 0, why, sizeof why);
+    if (!pre || !dec) {
+        check(0, "%s: GPU engine: %s", name, why);
+        return;
+    }
+    float *lg = xmalloc((size_t)V * 4);
+    TopLogits want, got;
+    Engine *engines[2] = {pre, dec};
+    for (int i = 0; i < 2; i++) {
+        engines[i]->forward(engines[i], ids, n, 0, lg, 0);
+        top_logits(lg, V, n_ids, &want);
+        engines[i]->forward_top(engines[i], ids, n, 0, n_ids, &got);
+        float back0 = lg[0];
+        engines[i]->last_logits(engines[i], lg);
+        check(same_ranking(&want, &got) && got.bad_id == -1 && lg[0] == back0,
+              "%s: the %s's logits ranked on the GPU = top_logits() on the host over %d of %d ids (first %d, %d, next %g)", name,
+              i ? "decode steps" : "prefill", n_ids, V, got.id[0], got.id[1], got.next);
+    }
+    SamplerConfig configs[] = {{.temp = 0, .top_k = 0, .top_p = 1, .min_p = 0, .repeat_penalty = 1},
+                               {.temp = 0.8f, .top_k = 20, .top_p = 0.95f, .min_p = 0, .repeat_penalty = 1.3f}};
+    enum { NP = 32 };
+    for (int i = 0; i < 2; i++) {
+        int a[NP], b[NP];
+        picked(pre, m, &configs[i], ids, n, a, NP);
+        void (*forward_top)(Engine *, const int *, int, int, int, TopLogits *) = pre->forward_top;
+        pre->forward_top = NULL;  // all logits to the host, as the reference path does
+        picked(pre, m, &configs[i], ids, n, b, NP);
+        pre->forward_top = forward_top;
+        check(!memcmp(a, b, sizeof a), "%s: %d %s tokens picked from the GPU's ranking = picked from all logits", name, NP,
+              i ? "seeded top-k 20, penalty 1.3" : "greedy");
+    }
+    pre->free(pre), dec->free(dec);
+    // A NaN in lm_head's row 5 (rounded_model's matrices are bf16): every position's logit 5 is NaN.
+    Model poisoned = *m;
+    size_t bytes = (size_t)m->lm_head.rows * m->lm_head.cols * 2;
+    uint16_t *head = xmalloc(bytes);
+    memcpy(head, m->lm_head.data, bytes);
+    head[5 * m->lm_head.cols + 3] = 0x7FC0;  // bf16 NaN
+    poisoned.lm_head.data = head;
+    poisoned.cfg.tied = 0;  // its own lm_head on the device, the embedding unharmed
+    Engine *e = cuda_engine_create(&poisoned, n + 1, KV_F16, 64, 0, why, sizeof why);
+    if (e) {
+        e->forward_top(e, ids, n, 0, n_ids, &got);
+        check(got.bad_id == 5 && isnan(got.bad_logit), "%s: a NaN in lm_head row 5: the GPU's ranking reports id %d (%g) first non-finite", name,
+              got.bad_id, got.bad_logit);
+        e->free(e);
+    } else check(0, "%s: GPU engine: %s", name, why);
+    free(head), free(lg);
+}
+
 static int test_fixture_dir(const char *root) {
     char *names[64];
     int n = fixture_names(root, names, 64), found = 0;
@@ -421,6 +500,7 @@ static int test_fixture_dir(const char *root) {
             Model m;
             model_load(&m, dir);
             Model *rm = rounded_model(&m);
+            test_ranking(names[i], rm, g.prompt, g.n_prompt);
             for (int f = 0; f < KV_N_FORMATS; f++)
                 if (kv_formats[f].gpu) {
                     test_stages(names[i], rm, g.prompt, g.n_prompt, (KVFormat)f);
