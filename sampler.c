@@ -227,8 +227,8 @@ void top_logits(const float *logits, int vocab, int n_ids, TopLogits *top) {
     top_k_heap(logits, n_ids, n, order);
     sort_by_rank(logits, order, n);
     top->n = n < TOP_LOGITS_MAX ? n : TOP_LOGITS_MAX;
-    for (int i = 0; i < top->n; i++) top->id[i] = order[i], top->logit[i] = logits[order[i]];
-    top->next = n > TOP_LOGITS_MAX ? logits[order[TOP_LOGITS_MAX]] : -INFINITY;
+    for (int i = 0; i < top->n; i++) top->id[i] = order[i], top->logit[i] = logits[order[i]] + 0.0f;  // -0 as +0, as the GPU's keys
+    top->next = n > TOP_LOGITS_MAX ? logits[order[TOP_LOGITS_MAX]] + 0.0f : -INFINITY;
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -22,6 +22,7 @@ struct TopResult {
 
 __host__ __device__ inline unsigned long long top_key(float v, int id) {
     unsigned u;
+    v += 0.0f;  // -0 -> +0: they compare equal, so they rank by id
     memcpy(&u, &v, 4);
     u = (u & 0x80000000u) ? ~u : u | 0x80000000u;
     return (unsigned long long)u << 32 | (0xFFFFFFFFu - (unsigned)id);
