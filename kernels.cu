@@ -335,17 +335,22 @@ static void cu_forward(Engine *e, const int *ids, int n, int pos, float *logits,
     forward_chunks((CudaEngine *)e, ids, n, pos, logits, all_logits, 0);
 }
 
-// The logits stay on the device; the host gets their ranking (gpu/top.cuh): 528 bytes, not 600 KB.
-static void cu_forward_top(Engine *e, const int *ids, int n, int pos, int n_ids, TopLogits *top) {
-    CudaEngine *c = (CudaEngine *)e;
-    if (n < 1) fatal("GPU engine: forward_top of no tokens");
-    forward_chunks(c, ids, n, pos, NULL, 0, 1);
+// The ranking of last_logits over ids [0, n_ids) into h_top; returns when it is there.
+static void rank_last_logits(CudaEngine *c, int n_ids) {
     kernel_top_slices<<<c->top_slices, TOP_THREADS, 0, c->st>>>(c->last_logits, c->d.V, n_ids, c->top_kept, c->top_bad);
     LAUNCH_CHECK("kernel_top_slices");
     kernel_top_merge<<<1, TOP_THREADS, 0, c->st>>>(c->last_logits, c->top_kept, c->top_bad, c->top_slices, c->top);
     LAUNCH_CHECK("kernel_top_merge");
     CUDA_CHECK(cudaMemcpyAsync(c->h_top, c->top, sizeof(TopResult), cudaMemcpyDeviceToHost, c->st), "ranking copy");
     sync_checked(c, "forward and ranking of the logits");
+}
+
+// The logits stay on the device; the host gets their ranking (gpu/top.cuh): 528 bytes, not 600 KB.
+static void cu_forward_top(Engine *e, const int *ids, int n, int pos, int n_ids, TopLogits *top) {
+    CudaEngine *c = (CudaEngine *)e;
+    if (n < 1) fatal("GPU engine: forward_top of no tokens");
+    forward_chunks(c, ids, n, pos, NULL, 0, 1);
+    rank_last_logits(c, n_ids);
     const TopResult &r = *c->h_top;
     top->n = std::min(n_ids, TOP_LOGITS_MAX);
     for (int i = 0; i < top->n; i++) top->id[i] = top_key_id(r.key[i]), top->logit[i] = top_key_logit(r.key[i]);
@@ -408,6 +413,17 @@ static void kv_alloc(CudaEngine *c, KVCache *kv, const KVCache *shape) {
         CUDA_CHECK(cudaMemcpy(w, shape->wide, n, cudaMemcpyHostToDevice), "wide channel table upload");
         kv->wide = w;
     }
+}
+
+// One-time costs at load rather than in the first prompt: cuBLAS's first GEMMs, the loading of each
+// kernel (modules load lazily), the decode step's graph. Positions 0..2 of the cache are written;
+// every forward overwrites what it reads past.
+static void warm_up(CudaEngine *c) {
+    if (c->b.kv.capacity < 3) return;
+    const int ids[2] = {0, 0};
+    if (c->max_batch > 1) prefill_chunk(c, ids, 2, 0, NULL, 0, 1);
+    decode_step(c, ids[0], 2, NULL, 1);
+    rank_last_logits(c, c->d.V);
 }
 
 extern "C" Engine *cuda_engine_create(const Model *m, int capacity, KVFormat kv, int max_batch, int wo_split, char *why,
@@ -637,6 +653,7 @@ extern "C" Engine *cuda_engine_create(const Model *m, int capacity, KVFormat kv,
             "%.2f of %.2f GiB in use; decode grid %d x %d, wo_split %d\n",
             prop.name, c->weight_bytes / 1073741824.0, c->kv_bytes / 1073741824.0, kv_format_name(kv), per_token, wide_note, fits,
             c->scratch_bytes / 1073741824.0, (total_b - free_b) / 1073741824.0, total_b / 1073741824.0, c->grid, NT, c->wo_split);
+    warm_up(c);
     return &c->base;
 }
 
