@@ -265,12 +265,11 @@ typedef struct {
 } Test;
 
 // One repetition: the prompt in one forward call, or n_gen decode steps, each a forward of the last
-// pick and a draw from its logits, as -p decodes.
+// pick and a draw, through the Picker as -p generates (on the GPU the host gets the logits' ranking).
 static void test_run(void *ctx) {
     Test *t = ctx;
     if (t->n_prompt) {
-        t->e->forward(t->e, t->tokens + t->depth, t->n_prompt, t->depth, t->next.logits, 0);
-        logits_check(t->next.logits, 1, t->next.vocab, t->depth + t->n_prompt - 1);
+        picker_forward(&t->next, t->tokens + t->depth, t->n_prompt, t->depth);
         return;
     }
     int pos = t->depth, id = t->tokens[pos];

@@ -208,17 +208,21 @@ static int graph_build(CudaEngine *c) {
     return 1;
 }
 
+// V logits from the device through the pinned buffer; returns when they are in out.
+static void logits_to_host(CudaEngine *c, const float *dev, float *out, const char *what) {
+    CUDA_CHECK(cudaMemcpyAsync(c->h_logits, dev, (size_t)c->d.V * 4, cudaMemcpyDeviceToHost, c->st), "logits copy");
+    sync_checked(c, what);
+    memcpy(out, c->h_logits, (size_t)c->d.V * 4);
+}
+
 // keep: compute the logits and leave them on the device (last_logits); the caller syncs.
 static void decode_step(CudaEngine *c, int id, int pos, float *out, int keep) {
-    c->last_logits = c->b.logits;
+    if (out || keep) c->last_logits = c->b.logits;
     if ((out || keep) && !c->hook && graph_build(c)) {
         c->h_state[0] = id, c->h_state[1] = pos;
         CUDA_CHECK(cudaMemcpyAsync(c->b.state, c->h_state, 2 * sizeof(int), cudaMemcpyHostToDevice, c->st), "state copy");
         CUDA_CHECK(cudaGraphLaunch(c->gexec, c->st), "cudaGraphLaunch (kernel_decode)");
-        if (!out) return;
-        CUDA_CHECK(cudaMemcpyAsync(c->h_logits, c->b.logits, (size_t)c->d.V * 4, cudaMemcpyDeviceToHost, c->st), "logits copy");
-        sync_checked(c, "kernel_decode (decode step)");
-        memcpy(out, c->h_logits, (size_t)c->d.V * 4);
+        if (out) logits_to_host(c, c->b.logits, out, "kernel_decode (decode step)");
         return;
     }
     DecodeParams p = decode_params(c);
@@ -226,10 +230,9 @@ static void decode_step(CudaEngine *c, int id, int pos, float *out, int keep) {
     p.flags |= F_EMBED | (out || keep || c->hook ? F_FINAL : 0);
     p.dbg = c->hook ? c->b.dbg : NULL;
     launch_decode(c, &p);
-    if (out) CUDA_CHECK(cudaMemcpyAsync(c->h_logits, c->b.logits, (size_t)c->d.V * 4, cudaMemcpyDeviceToHost, c->st), "logits copy");
     if (c->hook) CUDA_CHECK(cudaMemcpyAsync(c->h_dbg, c->b.dbg, (size_t)c->d.L * 2 * c->d.H * 4, cudaMemcpyDeviceToHost, c->st), "residual copy");
-    sync_checked(c, "kernel_decode (decode step)");
-    if (out) memcpy(out, c->h_logits, (size_t)c->d.V * 4);
+    if (out) logits_to_host(c, c->b.logits, out, "kernel_decode (decode step)");
+    else sync_checked(c, "kernel_decode (decode step)");
     if (c->hook)
         for (int l = 0; l < c->d.L; l++)
             for (int s = 0; s < 2; s++) c->hook(c->hook_ctx, l, s, c->h_dbg + ((size_t)l * 2 + s) * c->d.H, 1);
@@ -353,8 +356,8 @@ static void cu_forward_top(Engine *e, const int *ids, int n, int pos, int n_ids,
     rank_last_logits(c, n_ids);
     const TopResult &r = *c->h_top;
     top->n = std::min(n_ids, TOP_LOGITS_MAX);
-    for (int i = 0; i < top->n; i++) top->id[i] = top_key_id(r.key[i]), top->logit[i] = top_key_logit(r.key[i]);
-    top->next = n_ids > TOP_LOGITS_MAX ? top_key_logit(r.key[TOP_LOGITS_MAX]) : -INFINITY;
+    for (int i = 0; i < top->n; i++) top->id[i] = rank_key_id(r.key[i]), top->logit[i] = rank_key_logit(r.key[i]);
+    top->next = n_ids > TOP_LOGITS_MAX ? rank_key_logit(r.key[TOP_LOGITS_MAX]) : -INFINITY;
     top->bad_id = r.bad_id == INT_MAX ? -1 : r.bad_id;
     top->bad_logit = r.bad_logit;
 }
@@ -362,9 +365,7 @@ static void cu_forward_top(Engine *e, const int *ids, int n, int pos, int n_ids,
 static void cu_last_logits(Engine *e, float *logits) {
     CudaEngine *c = (CudaEngine *)e;
     if (!c->last_logits) fatal("GPU engine: no logits kept by the last forward");
-    CUDA_CHECK(cudaMemcpyAsync(c->h_logits, c->last_logits, (size_t)c->d.V * 4, cudaMemcpyDeviceToHost, c->st), "logits copy");
-    sync_checked(c, "logits copy");
-    memcpy(logits, c->h_logits, (size_t)c->d.V * 4);
+    logits_to_host(c, c->last_logits, logits, "logits copy");
 }
 
 static void cu_free(Engine *e) {
@@ -416,13 +417,12 @@ static void kv_alloc(CudaEngine *c, KVCache *kv, const KVCache *shape) {
 }
 
 // One-time costs at load rather than in the first prompt: cuBLAS's first GEMMs, the loading of each
-// kernel (modules load lazily), the decode step's graph. Positions 0..2 of the cache are written;
-// every forward overwrites what it reads past.
+// kernel (modules load lazily), the decode step's graph. Positions 0..2 (0 without prefill) of the
+// cache are written; every forward overwrites what it reads past.
 static void warm_up(CudaEngine *c) {
-    if (c->b.kv.capacity < 3) return;
-    const int ids[2] = {0, 0};
-    if (c->max_batch > 1) prefill_chunk(c, ids, 2, 0, NULL, 0, 1);
-    decode_step(c, ids[0], 2, NULL, 1);
+    const int ids[2] = {0, 0}, prefill = c->max_batch > 1 && c->b.kv.capacity >= 3;
+    if (prefill) prefill_chunk(c, ids, 2, 0, NULL, 0, 1);
+    decode_step(c, ids[0], prefill ? 2 : 0, NULL, 1);
     rank_last_logits(c, c->d.V);
 }
 

@@ -449,8 +449,7 @@ static int session_feed(Session *s, const int *ids, int n, float *all_logits, ch
     if (all_logits) {
         s->engine->forward(s->engine, ids, n, s->pos, all_logits, 1);
         logits_check(all_logits, n, (int)V, s->pos);
-        memcpy(s->next.logits, all_logits + (size_t)(n - 1) * V, V * sizeof *s->next.logits);
-        s->next.on_engine = 0;
+        picker_set_logits(&s->next, all_logits + (size_t)(n - 1) * V);
     } else picker_forward(&s->next, ids, n, s->pos);
     memcpy(s->tokens + s->pos, ids, (size_t)n * sizeof *ids);
     s->pos += n;

@@ -253,6 +253,23 @@ void ref_head(RefState *s, const Model *m, const float *x, int T, float *logits)
 // The largest logits of one position, ranked where they were computed (an engine that keeps its
 // logits to itself, or top_logits() on the host): largest first, equal logits smaller id first.
 #define TOP_LOGITS_MAX 64
+#define TOP_LOGITS_RANKED (TOP_LOGITS_MAX + 1)  // what a ranking finds: the listed ids and the best one left out
+
+// The one ranking of (logit, id) pairs, for the sampler and the engines alike: a larger key ranks
+// higher. The logit's bits made order-preserving as an unsigned int, above the id's complement, so
+// equal logits rank the smaller id first; -0 counts as +0 (they compare equal). Key 0 lies below
+// every finite logit.
+HOST_DEVICE static inline uint64_t rank_key(float logit, int id) {
+    uint32_t u = f32_bits(logit + 0.0f);
+    u = (u & 0x80000000u) ? ~u : u | 0x80000000u;
+    return (uint64_t)u << 32 | (0xFFFFFFFFu - (uint32_t)id);
+}
+HOST_DEVICE static inline int rank_key_id(uint64_t k) { return (int)(0xFFFFFFFFu - (uint32_t)k); }
+HOST_DEVICE static inline float rank_key_logit(uint64_t k) {
+    uint32_t u = (uint32_t)(k >> 32);
+    return bits_f32((u & 0x80000000u) ? u & 0x7FFFFFFFu : ~u);
+}
+
 typedef struct {
     int n;                        // min(TOP_LOGITS_MAX, the ids ranked)
     int id[TOP_LOGITS_MAX];
@@ -336,11 +353,11 @@ typedef struct {
     float *logits;   // [vocab]: the last forward's, when they came back whole (on_engine is 0)
     TopLogits top;   // the last forward's candidates, when the logits stayed on the engine
     int on_engine;
-    int last_pos;    // the last forward's last position
 } Picker;
 void picker_init(Picker *p, Engine *e, Sampler *s, int vocab);  // p->logits is malloc'd
 void picker_free(Picker *p);
 void picker_forward(Picker *p, const int *ids, int n, int pos);
+void picker_set_logits(Picker *p, const float *logits);  // the next pick from these (a forward the caller ran)
 int picker_sample(Picker *p, const int *history, int n_history);
 // Garbage must never be printed silently: fatal at the first non-finite value of rows x vocab logits,
 // the rows being positions first_pos, first_pos + 1, ...

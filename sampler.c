@@ -40,17 +40,20 @@ static double uniform(Sampler *s) {  // [0, 1) with 53 random bits
 
 // transformers' RepetitionPenaltyLogitsProcessor: every distinct id in the context once, positive
 // logits divided by the penalty and negative ones multiplied, so both move down when penalty > 1.
-static void repetition_penalty(Sampler *s, float *logits, const int *history, int n_history) {
-    float p = s->c.repeat_penalty;
-    if (p == 1.0f) return;
-    for (int i = 0; i < n_history; i++) {
-        int id = history[i];
-        if (id < 0 || id >= s->n_ids || s->seen[id]) continue;
-        s->seen[id] = 1;
-        logits[id] = logits[id] > 0 ? logits[id] / p : logits[id] * p;
-    }
+static float penalized(float logit, float p) { return logit > 0 ? logit / p : logit * p; }
+
+static void mark_history(Sampler *s, const int *history, int n_history, unsigned char seen) {
     for (int i = 0; i < n_history; i++)
-        if (history[i] >= 0 && history[i] < s->n_ids) s->seen[history[i]] = 0;
+        if (history[i] >= 0 && history[i] < s->n_ids) s->seen[history[i]] = seen;
+}
+
+static void repetition_penalty(Sampler *s, float *logits, const int *history, int n_history) {
+    if (s->c.repeat_penalty == 1.0f) return;
+    mark_history(s, history, n_history, 1);
+    for (int i = 0; i < n_history; i++) {  // each marked id once, unmarked as it goes
+        int id = history[i];
+        if (id >= 0 && id < s->n_ids && s->seen[id]) logits[id] = penalized(logits[id], s->c.repeat_penalty), s->seen[id] = 0;
+    }
 }
 
 static int argmax(const float *x, int n) {
@@ -61,9 +64,9 @@ static int argmax(const float *x, int n) {
     return best;
 }
 
-// The one ranking every path uses: the larger key first, equal keys the smaller id first. Total, so
-// the host and an engine that ranks on its own agree on every set of candidates and its order.
-static int ranks_above(const float *key, int a, int b) { return key[a] > key[b] || (key[a] == key[b] && a < b); }
+// The one ranking every path uses (rank_key): total, so the host and an engine that ranks on its own
+// agree on every set of candidates and its order.
+static int ranks_above(const float *key, int a, int b) { return rank_key(key[a], a) > rank_key(key[b], b); }
 
 static const float *sort_keys;
 static int by_rank(const void *a, const void *b) {
@@ -197,15 +200,10 @@ int sampler_sample_top(Sampler *s, const TopLogits *top, const int *history, int
     float *logit = s->prob;  // the candidates' logits, by id, penalized as sampler_sample would
     for (int i = 0; i < top->n; i++) logit[top->id[i]] = top->logit[i], s->order[i] = top->id[i];
     if (s->c.repeat_penalty != 1.0f) {
-        float p = s->c.repeat_penalty;
-        for (int i = 0; i < n_history; i++)
-            if (history[i] >= 0 && history[i] < s->n_ids) s->seen[history[i]] = 1;
-        for (int i = 0; i < top->n; i++) {
-            int id = top->id[i];
-            if (s->seen[id]) logit[id] = logit[id] > 0 ? logit[id] / p : logit[id] * p;
-        }
-        for (int i = 0; i < n_history; i++)
-            if (history[i] >= 0 && history[i] < s->n_ids) s->seen[history[i]] = 0;
+        mark_history(s, history, n_history, 1);
+        for (int i = 0; i < top->n; i++)
+            if (s->seen[top->id[i]]) logit[top->id[i]] = penalized(logit[top->id[i]], s->c.repeat_penalty);
+        mark_history(s, history, n_history, 0);
         sort_by_rank(logit, s->order, top->n);
         // The penalty only lowers logits, so no unlisted id is above top->next; one at it could still
         // outrank the k-th candidate by its smaller id.
@@ -223,11 +221,11 @@ void top_logits(const float *logits, int vocab, int n_ids, TopLogits *top) {
             top->bad_id = i, top->bad_logit = logits[i];
             break;
         }
-    int order[TOP_LOGITS_MAX + 1], n = n_ids < TOP_LOGITS_MAX + 1 ? n_ids : TOP_LOGITS_MAX + 1;
+    int order[TOP_LOGITS_RANKED], n = n_ids < TOP_LOGITS_RANKED ? n_ids : TOP_LOGITS_RANKED;
     top_k_heap(logits, n_ids, n, order);
     sort_by_rank(logits, order, n);
     top->n = n < TOP_LOGITS_MAX ? n : TOP_LOGITS_MAX;
-    for (int i = 0; i < top->n; i++) top->id[i] = order[i], top->logit[i] = logits[order[i]] + 0.0f;  // -0 as +0, as the GPU's keys
+    for (int i = 0; i < top->n; i++) top->id[i] = order[i], top->logit[i] = logits[order[i]] + 0.0f;  // -0 as +0, as rank_key
     top->next = n > TOP_LOGITS_MAX ? logits[order[TOP_LOGITS_MAX]] + 0.0f : -INFINITY;
 }
 
@@ -252,15 +250,20 @@ void picker_init(Picker *p, Engine *e, Sampler *s, int vocab) {
 void picker_free(Picker *p) { free(p->logits); }
 
 void picker_forward(Picker *p, const int *ids, int n, int pos) {
-    p->last_pos = pos + n - 1;
+    int last = pos + n - 1;
     p->on_engine = p->e->forward_top && sampler_uses_top(p->s);
     if (!p->on_engine) {
         p->e->forward(p->e, ids, n, pos, p->logits, 0);
-        logits_check(p->logits, 1, p->vocab, p->last_pos);
+        logits_check(p->logits, 1, p->vocab, last);
         return;
     }
     p->e->forward_top(p->e, ids, n, pos, p->s->n_ids, &p->top);
-    if (p->top.bad_id >= 0) bad_logit(p->top.bad_logit, (size_t)p->top.bad_id, p->last_pos);
+    if (p->top.bad_id >= 0) bad_logit(p->top.bad_logit, (size_t)p->top.bad_id, last);
+}
+
+void picker_set_logits(Picker *p, const float *logits) {
+    memcpy(p->logits, logits, (size_t)p->vocab * sizeof *p->logits);
+    p->on_engine = 0;
 }
 
 int picker_sample(Picker *p, const int *history, int n_history) {

@@ -2,41 +2,21 @@
 // the host a few hundred bytes instead of the whole vocabulary: the TOP_KEEP highest ranked ids of
 // [0, n_ids) and the first non-finite logit of the row.
 //
-// One order everywhere (sampler.c's ranks_above): the larger logit first, equal logits the smaller id
-// first. A 64-bit key holds the logit's bits made order-preserving as an unsigned int, above the id's
-// complement, so sorting keys in descending order ranks the ids; key 0 lies below every finite logit
-// and stands for "none". Each block ranks a slice of TOP_SLICE ids with a bitonic sort in shared
-// memory and keeps its best TOP_KEEP; one block then ranks what the slices kept the same way.
+// The ranking is nano.h's rank_key(), the host's too: sorting keys in descending order ranks the
+// ids; key 0 stands for "none". Each block ranks a slice of TOP_SLICE ids with a bitonic sort in
+// shared memory and keeps its best TOP_KEEP; one block then ranks what the slices kept the same way.
 #ifndef NANO_GPU_TOP_CUH
 #define NANO_GPU_TOP_CUH
 
-#define TOP_SLICE 4096                // ids a block ranks (a power of two)
-#define TOP_KEEP (TOP_LOGITS_MAX + 1) // the listed ids and the best one left out (TopLogits.next)
+#define TOP_SLICE 4096      // ids a block ranks (a power of two)
+#define TOP_KEEP TOP_LOGITS_RANKED
 #define TOP_THREADS 1024
 
 struct TopResult {
-    unsigned long long key[TOP_KEEP];  // descending
+    unsigned long long key[TOP_KEEP];  // rank_key()s, descending
     int bad_id;                        // INT_MAX when every logit is finite
     float bad_logit;
 };
-
-__host__ __device__ inline unsigned long long top_key(float v, int id) {
-    unsigned u;
-    v += 0.0f;  // -0 -> +0: they compare equal, so they rank by id
-    memcpy(&u, &v, 4);
-    u = (u & 0x80000000u) ? ~u : u | 0x80000000u;
-    return (unsigned long long)u << 32 | (0xFFFFFFFFu - (unsigned)id);
-}
-
-__host__ __device__ inline int top_key_id(unsigned long long k) { return (int)(0xFFFFFFFFu - (unsigned)k); }
-
-__host__ __device__ inline float top_key_logit(unsigned long long k) {
-    unsigned u = (unsigned)(k >> 32);
-    u = (u & 0x80000000u) ? u & 0x7FFFFFFFu : ~u;
-    float v;
-    memcpy(&v, &u, 4);
-    return v;
-}
 
 // Sorts k[0..n) (n a power of two) in descending order with the whole block; ends with a barrier.
 __device__ void block_sort_desc(unsigned long long *k, int n) {
@@ -67,7 +47,7 @@ __global__ void __launch_bounds__(TOP_THREADS) kernel_top_slices(const float *lo
         if (id < vocab) {
             float v = logits[id];
             if (!isfinite(v)) atomicMin(&first_bad, id);  // the smallest, whatever the order
-            else if (id < n_ids) key = top_key(v, id);
+            else if (id < n_ids) key = rank_key(v, id);
         }
         k[i] = key;
     }

@@ -1,6 +1,7 @@
 // The sampler's math on known logits, and the ways people run nano — one prompt, batch file,
 // perplexity, interactive chat (through a pipe, and Ctrl-C under tmux) — on the trained tiny model,
 // whose transformers perplexity and greedy ids are in tests/fixtures/tiny_ppl/expected.json.
+#include <float.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -536,74 +537,79 @@ void test_modes(const char *nano, int first) {
 }
 
 // The draw from an engine's ranked candidates (sampler_sample_top) against the draw from all logits,
-// trial by trial with one seed each: the same ids, the same generator state after, and a fall back to
-// all logits only where the candidates cannot decide. Logits on a grid of 0.25 make ties common.
+// trial by trial, each with its own settings and seed: the same id, the same generator state after,
+// and a fall back to all logits only where the candidates cannot decide. Settings from grids that
+// include the edges (top-k at 63, 64 and 65, a penalty below 1, fewer ids than candidates); logits on
+// coarse grids (ties everywhere, +0 and -0 among them); histories with ids outside the vocabulary.
+static uint32_t next_u32(uint32_t *x) { return *x = *x * 1664525u + 1013904223u, *x >> 8; }
+
 static void test_sampler_top(void) {
-    enum { VOCAB = 1000, N_IDS = 990, TRIALS = 400, HIST = 60 };
-    struct {
-        SamplerConfig c;
-        const char *what;
-        int may_fall_back;  // 2: must, at least once
-    } cases[] = {
-        {{.temp = 0, .top_k = 0, .top_p = 1, .min_p = 0, .repeat_penalty = 1}, "greedy", 0},
-        {{.temp = 0.7f, .top_k = 20, .top_p = 0.8f, .min_p = 0, .repeat_penalty = 1}, "top-k 20, top-p 0.8", 0},
-        {{.temp = 0.6f, .top_k = 64, .top_p = 0.95f, .min_p = 0.05f, .repeat_penalty = 1}, "top-k 64, min-p", 0},
-        {{.temp = 0, .top_k = 0, .top_p = 1, .min_p = 0, .repeat_penalty = 1.5f}, "greedy, penalty 1.5", 1},
-        {{.temp = 1, .top_k = 40, .top_p = 1, .min_p = 0, .repeat_penalty = 4}, "top-k 40, penalty 4", 2},
-    };
-    float *logits = xmalloc(VOCAB * sizeof *logits), *copy = xmalloc(VOCAB * sizeof *copy);
-    int hist[HIST];
-    for (size_t ci = 0; ci < sizeof cases / sizeof *cases; ci++) {
-        Sampler full, top;
-        sampler_init(&full, &cases[ci].c, N_IDS, 5);
-        sampler_init(&top, &cases[ci].c, N_IDS, 5);
-        uint32_t x = 777u + (uint32_t)ci;
-        int same = 1, fell_back = 0;
-        for (int t = 0; t < TRIALS; t++) {
-            for (int i = 0; i < VOCAB; i++) {
-                x = x * 1664525u + 1013904223u;
-                logits[i] = (float)((int)(x >> 20) % 64 - 40) * 0.25f;
-            }
-            for (int i = 0; i < HIST; i++) {  // mostly ids near the top, as a real history would be
-                x = x * 1664525u + 1013904223u;
-                hist[i] = (int)(x >> 16) % 3 ? (int)(x >> 8) % N_IDS : -1;
-            }
-            TopLogits tl;
-            top_logits(logits, VOCAB, N_IDS, &tl);
-            for (int i = 0; i < HIST; i++)
-                if (hist[i] < 0) hist[i] = tl.id[i % 8];
-            memcpy(copy, logits, VOCAB * sizeof *copy);
-            int want = sampler_sample(&full, copy, hist, HIST);
-            int got = sampler_sample_top(&top, &tl, hist, HIST);
-            if (got < 0) {
-                fell_back++;
-                memcpy(copy, logits, VOCAB * sizeof *copy);
-                got = sampler_sample(&top, copy, hist, HIST);
-            }
-            same &= got == want;
+    enum { TRIALS = 20000 };
+    static const float temps[] = {0, 0.3f, 1, 2}, top_ps[] = {1, 0.9f, 0.5f, 0.01f}, min_ps[] = {0, 0.05f, 0.5f},
+                       penalties[] = {1, 1.1f, 1.5f, 4, 0.9f, 100};
+    static const int top_ks[] = {0, 1, 2, 5, 20, 40, 63, 64, 65}, n_ids_of[] = {1, 2, 3, 10, 63, 64, 65, 66, 200, 1000};
+    uint32_t x = 2024;
+#define PICK(a) (a)[next_u32(&x) % (sizeof(a) / sizeof *(a))]
+    float logits[1005], copy[1005];
+    int hist[32], same = 1, decided = 0, fell_back = 0, plain = 0, plain_fell_back = 0;
+    for (int t = 0; t < TRIALS; t++) {
+        SamplerConfig c = {.temp = PICK(temps), .top_k = PICK(top_ks), .top_p = PICK(top_ps), .min_p = PICK(min_ps), .repeat_penalty = PICK(penalties)};
+        int n_ids = PICK(n_ids_of), vocab = n_ids + (next_u32(&x) % 2 ? 5 : 0), grid = next_u32(&x) % 3;
+        for (int i = 0; i < vocab; i++) {
+            uint32_t r = next_u32(&x);
+            float v = grid == 0 ? (float)((int)(r % 16) - 8) * 0.5f : grid == 1 ? (float)(r % 4) - 2.0f : (float)(r % 1000) / 100.0f - 5;
+            logits[i] = v == 0 && (r >> 16) % 2 ? -0.0f : v;
         }
-        check(same && full.rng == top.rng && (cases[ci].may_fall_back || !fell_back),
-              "sampler: %s from %d ranked candidates draws as from all logits in %d trials (%d fell back)", cases[ci].what, TOP_LOGITS_MAX,
-              TRIALS, fell_back);
-        if (cases[ci].may_fall_back == 2) check(fell_back > 0, "sampler: %s: candidates the penalty moved below an unlisted id fall back", cases[ci].what);
+        int n_hist = (int)(next_u32(&x) % 30);
+        for (int i = 0; i < n_hist; i++) hist[i] = (int)(next_u32(&x) % (uint32_t)(vocab + 2)) - 1;
+        uint64_t seed = next_u32(&x);
+        Sampler full, top;
+        sampler_init(&full, &c, n_ids, seed);
+        sampler_init(&top, &c, n_ids, seed);
+        TopLogits tl;
+        top_logits(logits, vocab, n_ids, &tl);
+        memcpy(copy, logits, (size_t)vocab * sizeof *copy);
+        int want = sampler_sample(&full, copy, hist, n_hist);
+        int got = sampler_sample_top(&top, &tl, hist, n_hist);
+        if (c.repeat_penalty == 1 && sampler_uses_top(&top)) plain++, plain_fell_back += got < 0;  // nothing to undecide
+        if (got < 0) {
+            fell_back++;
+            memcpy(copy, logits, (size_t)vocab * sizeof *copy);
+            got = sampler_sample(&top, copy, hist, n_hist);
+        } else decided++;
+        same &= got == want && full.rng == top.rng;
         sampler_free(&full), sampler_free(&top);
     }
+#undef PICK
+    check(same && decided > TRIALS / 4 && fell_back > 0,
+          "sampler: %d random settings and logits: the draw from %d ranked candidates = the draw from all logits, generator state "
+          "included (%d decided by the candidates, %d fell back)",
+          TRIALS, TOP_LOGITS_MAX, decided, fell_back);
+    check(plain > 0 && plain_fell_back == 0, "sampler: without a penalty, settings the candidates serve are always decided (%d of %d)",
+          plain - plain_fell_back, plain);
+    float big[1000];
     // A penalty below 1 raises logits, and no top-k leaves every id a candidate: all logits are needed.
     SamplerConfig boost = {.temp = 0, .top_k = 0, .top_p = 1, .min_p = 0, .repeat_penalty = 0.9f};
     SamplerConfig no_k = {.temp = 1, .top_k = 0, .top_p = 0.9f, .min_p = 0, .repeat_penalty = 1};
     Sampler a, b;
-    sampler_init(&a, &boost, N_IDS, 1), sampler_init(&b, &no_k, N_IDS, 1);
+    sampler_init(&a, &boost, 1000, 1);
+    sampler_init(&b, &no_k, 1000, 1);
     check(!sampler_uses_top(&a) && !sampler_uses_top(&b), "sampler: penalty < 1 and top-k off need all logits");
     sampler_free(&a), sampler_free(&b);
     // The ranking itself: order, next, and the first non-finite logit of the whole row.
-    for (int i = 0; i < VOCAB; i++) logits[i] = (float)(i % 7);
-    logits[995] = NAN, logits[3] = 100;
+    for (int i = 0; i < 1000; i++) big[i] = (float)(i % 7);
+    big[995] = NAN, big[3] = 100;
     TopLogits tl;
-    top_logits(logits, VOCAB, N_IDS, &tl);
+    top_logits(big, 1000, 990, &tl);
     check(tl.n == TOP_LOGITS_MAX && tl.id[0] == 3 && tl.id[1] == 6 && tl.id[2] == 13 && tl.logit[1] == 6 && tl.next == 6 &&
               tl.bad_id == 995 && isnan(tl.bad_logit),
           "top_logits: ranked by logit then id (%d %d %d), next %g, first non-finite id %d", tl.id[0], tl.id[1], tl.id[2], tl.next, tl.bad_id);
-    free(logits), free(copy);
+    // rank_key, the ranking engines sort by: -0 = +0 (then by id), denormals, the extremes, round trips.
+    check(rank_key(-0.0f, 5) < rank_key(0.0f, 4) && rank_key(-0.0f, 4) > rank_key(0.0f, 5) && rank_key(1e-45f, 9) > rank_key(0.0f, 0) &&
+              rank_key(-1e-45f, 0) < rank_key(-0.0f, 9) && rank_key(-FLT_MAX, 0) > 0 && rank_key(FLT_MAX, 7) > rank_key(1e30f, 0) &&
+              rank_key_id(rank_key(-3.5f, 151935)) == 151935 && rank_key_logit(rank_key(-3.5f, 1)) == -3.5f &&
+              rank_key_logit(rank_key(FLT_MAX, 1)) == FLT_MAX,
+          "rank_key: orders logits then ids, -0 as +0, denormals and extremes, and decodes back");
 }
 
 // An engine that ranks its own logits, as the GPU's does: the reference path behind forward_top, with
