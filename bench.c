@@ -583,7 +583,6 @@ int bench_main(int argc, char **argv) {
         }
         checkpoint_size(&m, &base.size_bytes, &base.params);
         base.backend = gpu ? "cuda" : "ref";
-        base.load_s = load_s;
         if (!o.quiet) fprintf(stderr, "nano: bench: %s loaded in %.0f ms\n", o.models[mi], load_s * 1e3);
 
         SamplerConfig sc = c->sampling;
@@ -601,11 +600,14 @@ int bench_main(int argc, char **argv) {
         double *tps = xmalloc((size_t)o.reps * sizeof *tps);
 
         for (int k = 0; k < n_kv; k++) {
+            double e0 = now_s();
             if (gpu) {
                 t.e = cuda_engine_create(&m, capacity, kvs[k], o.batch, o.wo_split.n ? o.wo_split.v[0] : 0, why, sizeof why);
                 if (!t.e) fatal("GPU engine: %s; add --ref to run on the reference path", why);
             } else t.e = ref_engine_create(&m, capacity, kvs[k], o.batch);
             picker_init(&t.next, t.e, &sampler, c->vocab);
+            double engine_s = now_s() - e0;  // the GPU's: weights uploaded, kernels loaded, warmed up
+            if (!o.quiet) fprintf(stderr, "nano: bench: %s KV: engine ready in %.0f ms\n", kv_format_name(kvs[k]), engine_s * 1e3);
             double weights, kv_per_pos;
             if (gpu) cuda_engine_bytes(t.e, &weights, &kv_per_pos);
             else {
@@ -631,6 +633,7 @@ int bench_main(int argc, char **argv) {
                         if (!t.n_prompt && !t.n_gen) continue;
                         Row r = base;
                         r.kv = kvs[k];
+                        r.load_s = load_s + engine_s;
                         r.wo_split = gpu ? cuda_engine_wo_split(t.e) : 0;
                         r.n_prompt = t.n_prompt, r.n_gen = t.n_gen, r.depth = t.depth;
                         int n_tok = t.n_prompt ? t.n_prompt : t.n_gen;
