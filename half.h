@@ -35,6 +35,14 @@ HOST_DEVICE static inline uint16_t f32_to_bf16(float f) {
     return (uint16_t)(u >> 16);
 }
 
+// x as a bf16 high part and the bf16 of the remainder: together ~16 mantissa bits of x (the prefill
+// GEMMs' operands, two bf16 products summed in fp32).
+HOST_DEVICE static inline void bf16_split(float x, uint16_t *hi, uint16_t *lo) {
+    uint16_t h = f32_to_bf16(x);
+    *hi = h;
+    *lo = f32_to_bf16(x - bf16_to_f32(h));
+}
+
 HOST_DEVICE static inline float f16_to_f32(uint16_t h) {
 #ifdef __CUDA_ARCH__
     return __half2float(__ushort_as_half(h));  // exact, as below

@@ -693,10 +693,7 @@ static void to_host(void *dst, const void *src, size_t bytes) { CUDA_CHECK(cudaM
 // Host fp32 -> bf16 hi/lo parts on the device (the prefill path's GEMM operand).
 static void upload_split(uint16_t *hi, uint16_t *lo, const float *x, size_t n) {
     uint16_t *h = (uint16_t *)xmalloc(n * 2), *l = (uint16_t *)xmalloc(n * 2);
-    for (size_t i = 0; i < n; i++) {
-        h[i] = f32_to_bf16(x[i]);
-        l[i] = f32_to_bf16(x[i] - bf16_to_f32(h[i]));
-    }
+    for (size_t i = 0; i < n; i++) bf16_split(x[i], &h[i], &l[i]);
     to_dev(hi, h, n * 2);
     to_dev(lo, l, n * 2);
     free(h);

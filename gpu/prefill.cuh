@@ -9,12 +9,6 @@ __global__ void kernel_embed(const uint16_t *embed, const int *ids, int H, float
     for (int i = threadIdx.x; i < H; i += blockDim.x) x[(size_t)blockIdx.x * H + i] = bf16_to_f32(row[i]);
 }
 
-__device__ __forceinline__ void split_bf16(float v, uint16_t *hi, uint16_t *lo) {
-    uint16_t h = f32_to_bf16(v);
-    *hi = h;
-    *lo = f32_to_bf16(v - bf16_to_f32(h));
-}
-
 // Row t (one block of 256): x += proj (+ bias) when proj is given, then RMSNorm into bf16 hi/lo.
 __global__ void kernel_add_norm(float *x, const float *proj, const float *bias, const float *w, int H, float eps,
                                 uint16_t *hi, uint16_t *lo) {
@@ -39,7 +33,7 @@ __global__ void kernel_add_norm(float *x, const float *proj, const float *bias, 
     float inv = 1.0f / sqrtf(t / H + eps);
     for (int i = threadIdx.x; i < H; i += blockDim.x) {
         size_t o = (size_t)blockIdx.x * H + i;
-        split_bf16(w[i] * (xr[i] * inv), hi + o, lo + o);
+        bf16_split(w[i] * (xr[i] * inv), hi + o, lo + o);
     }
 }
 
@@ -58,7 +52,7 @@ __global__ void kernel_silu(const float *gu, int I, int T, uint16_t *hi, uint16_
     for (size_t k = blockIdx.x * (size_t)blockDim.x + threadIdx.x; k < n; k += (size_t)gridDim.x * blockDim.x) {
         size_t t = k / I, i = k % I;
         float v = silu(gu[t * 2 * I + i]) * gu[t * 2 * I + I + i];
-        split_bf16(v, hi + k, lo + k);
+        bf16_split(v, hi + k, lo + k);
     }
 }
 
@@ -191,7 +185,7 @@ __global__ void __launch_bounds__(256) kernel_attn_prefill(Dims d, const float *
 #pragma unroll
         for (int c = 0; c < DC; c++) {
             size_t o = ((size_t)t * d.Hq + h) * D + tx + 16 * c;
-            split_bf16(acc[a][c] * inv, out_hi + o, out_lo + o);
+            bf16_split(acc[a][c] * inv, out_hi + o, out_lo + o);
         }
     }
 }
