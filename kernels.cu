@@ -504,7 +504,7 @@ extern "C" Engine *cuda_engine_create(const Model *m, int capacity, KVFormat kv,
         cu_free(&c->base);
         return error_into(why, whylen, "%d wide key channels, more than head_dim / 8", shape.n_wide), (Engine *)NULL;
     }
-    if (kv_rotated(&shape) && shape.n_wide) {
+    if (!kv_gpu_holds(kv, shape.n_wide)) {
         free((void *)shape.wide);
         cu_free(&c->base);
         return error_into(why, whylen, "the GPU engine's kv4h needs a model without wide key channels (this one has %d: Qwen2's "

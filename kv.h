@@ -103,6 +103,9 @@ HOST_DEVICE static inline size_t kv_row_bytes(const KVCache *kv, int part, int a
 
 // Rows Hadamard-rotated in the cache (kv4h): the GPU rotates q to match, and o_proj undoes the output's.
 HOST_DEVICE static inline int kv_rotated(const KVCache *kv) { return kv->codec[0] == KVC_Q4H; }
+// Whether the GPU engine holds format f for a model with n_wide wide key channels: not the reference's
+// f32, nor kv4h with wide channels (their exact values sit outside the rotation, on the host only).
+static inline int kv_gpu_holds(KVFormat f, int n_wide) { return kv_formats[f].gpu && !(kv_formats[f].k == KVC_Q4H && n_wide); }
 
 // Where the row of part (0: K, 1: V) at (layer, head, pos) lives: its data and aux bytes; and its
 // wide channels' indices (NULL when it has none).

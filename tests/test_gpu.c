@@ -194,8 +194,8 @@ static void test_stages(const char *name, const Model *m, const int *ids, int n,
     KVCache kv;
     int16_t *wide;
     int n_wide = kv_wide_channels(m, kvf, &wide);
-    if (kvf == KV_KV4H && n_wide) {  // the GPU engine refuses it (README)
-        printf("info %s kv4h: not on the GPU (%d wide key channels)\n", name, n_wide);
+    if (!kv_gpu_holds(kvf, n_wide)) {  // the GPU engine refuses it (README)
+        printf("info %s %s: not on the GPU (%d wide key channels)\n", name, kv_format_name(kvf), n_wide);
         free(wide), ref_free(s);
         return;
     }
@@ -312,7 +312,7 @@ static void test_forwards(const char *name, const Model *m, const Model *orig, c
     int16_t *wide;
     int n_wide = kv_wide_channels(m, kvf, &wide);
     free(wide);
-    if (kvf == KV_KV4H && n_wide) {  // the GPU engine refuses it (README)
+    if (!kv_gpu_holds(kvf, n_wide)) {  // the GPU engine refuses it (README)
         free(ids), free(ref), free(gp), free(gd), free(gd2);
         return;
     }
@@ -594,9 +594,13 @@ static void test_hf(const char *dir) {
         snprintf(fmt, sizeof fmt, "%s%s", kv_format_name(lim->f), lim->f == fdefault ? " (default)" : "");
         char why[512];
         double t0 = now_s();
+        int16_t *wide;
+        int n_wide = kv_wide_channels(&m, lim->f, &wide);
+        free(wide);
         Engine *e = cuda_engine_create(&m, N, lim->f, 256, 0, why, sizeof why);
-        if (!e && lim->f == KV_KV4H && strstr(why, "wide key channels")) {  // refused on the GPU (README)
-            printf("info %s kv4h: %s\n", dir, why);
+        if (!kv_gpu_holds(lim->f, n_wide)) {  // refused on the GPU (README)
+            check(!e, "%s %s: refused by the GPU engine (%d wide key channels): %s", dir, fmt, n_wide, e ? "accepted" : why);
+            if (e) e->free(e);
             continue;
         }
         if (!e) {
