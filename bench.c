@@ -258,8 +258,7 @@ static void cpu_name(char *out, size_t len) {
 
 typedef struct {
     Engine *e;
-    Sampler *sampler;
-    Picker next;    // decode: forward, then pick, as -p does
+    Picker next;    // decode: forward, then pick, as -p does (its sampler is reseeded every repetition)
     int *tokens;    // [capacity] the depth's ids, then what the test feeds
     int n_prompt, n_gen, depth;
 } Test;
@@ -284,7 +283,7 @@ static void test_run(void *ctx) {
 static double time_run(Test *t, const int *ids, int gpu) {
     int n = t->n_prompt ? t->n_prompt : t->n_gen;
     memcpy(t->tokens + t->depth, ids + t->depth, (size_t)n * sizeof *ids);
-    sampler_seed(t->sampler, 1234);
+    sampler_seed(t->next.s, 1234);
     if (gpu) return cuda_engine_time(t->e, test_run, t);
     double t0 = now_s();
     test_run(t);
@@ -595,7 +594,7 @@ int bench_main(int argc, char **argv) {
         sampler_init(&sampler, &sc, c->vocab, 1234);
         uint64_t x = 42;
         int *ids = xmalloc((size_t)capacity * sizeof *ids);
-        Test t = {.sampler = &sampler, .tokens = xmalloc((size_t)capacity * sizeof(int))};
+        Test t = {.tokens = xmalloc((size_t)capacity * sizeof(int))};
         for (int i = 0; i < capacity; i++) ids[i] = (int)(lcg(&x) >> 33) % c->vocab;
         double *tps = xmalloc((size_t)o.reps * sizeof *tps);
 
