@@ -26,6 +26,7 @@ typedef struct {
     const char *models[MAX_MODELS];
     int n_models;
     IntList pp, tg, depth, wo_split;  // wo_split empty: the engine's own pick
+    IntList par;                      // -np: sequences run together; empty: one
     KVFormat kv[KV_N_FORMATS];
     int n_kv;  // 0: each model's default
     int reps, batch, threads, force_ref, quiet, greedy;
@@ -41,7 +42,8 @@ typedef struct {
     KVFormat kv;
     int wo_split;  // 0 on the reference path
     int n_prompt, n_gen, depth;
-    double mean, std;      // tok/s over the repetitions
+    int n_seqs;            // sequences run together (-np), each with n_prompt or n_gen tokens; 1 for one
+    double mean, std;      // tok/s over the repetitions, of all sequences together
     double bytes_per_tok;  // decode: weights + the KV cache at the steps' mean context; 0 for prefill
     double load_s;
 } Row;
@@ -71,6 +73,9 @@ static void bench_usage(void) {
            "  -r N                  repetitions of each test after its warm-up (default %d)\n"
            "      --kv LIST         KV cache formats (default: the model's default, f16)\n"
            "      --wo-split LIST   GPU: o_proj reduction splits, of 1, 2, 4, 8 (default: the engine's pick)\n"
+           "  -np LIST              batched generation as -f --parallel N runs it: N sequences together, each with its own\n"
+           "                        prompt of -p ids (pp<P> xN: all prompts in one step) and then -n decode steps of all of\n"
+           "                        them (tg<M> xN, after the prompts); tok/s of all sequences together; -d must be 0\n"
            "  -b, --batch N         prefill chunk in tokens (default %d)\n"
            "      --sampler NAME    decode sampler: greedy, or model (generation_config.json's settings) (default greedy)\n"
            "  -o FORMAT             stdout: md, csv or json (default md)\n"
@@ -146,6 +151,7 @@ static void bench_args(BenchOptions *o, int argc, char **argv) {
             } else if (!strcmp(a, "-p")) parse_list(a, value(a, v), 0, 1 << 20, &o->pp);
             else if (!strcmp(a, "-n")) parse_list(a, value(a, v), 0, 1 << 20, &o->tg);
             else if (!strcmp(a, "-d")) parse_list(a, value(a, v), 0, 1 << 24, &o->depth);
+            else if (!strcmp(a, "-np")) parse_list(a, value(a, v), 1, 256, &o->par);
             else if (!strcmp(a, "-r")) o->reps = parse_int(a, value(a, v), 1, 1000);
             else if (!strcmp(a, "-b") || !strcmp(a, "--batch")) o->batch = parse_int(a, value(a, v), 1, 1 << 16);
             else if (!strcmp(a, "-t") || !strcmp(a, "--threads")) o->threads = parse_int(a, value(a, v), 1, 256);
@@ -171,6 +177,8 @@ static void bench_args(BenchOptions *o, int argc, char **argv) {
     for (int k = 0; k < o->pp.n; k++) any |= o->pp.v[k] > 0;
     for (int k = 0; k < o->tg.n; k++) any |= o->tg.v[k] > 0;
     if (!any) fatal("--bench: no test: -p and -n are all 0");
+    for (int k = 0; k < o->depth.n && o->par.n; k++)
+        if (o->depth.v[k]) fatal("-np: batched tests start from empty caches; -d must be 0");
 }
 
 static int list_max(const IntList *l) {
@@ -261,12 +269,38 @@ typedef struct {
     Picker next;    // decode: forward, then pick, as -p does (its sampler is reseeded every repetition)
     int *tokens;    // [capacity] the depth's ids, then what the test feeds
     int n_prompt, n_gen, depth;
+    // Batched (-np): n_seqs sequences, sequence k's ids at tokens + k span, its cache the extent at k span
+    int n_seqs, span, prompt;  // prompt: ids each sequence holds before a decode test
+    Sampler *samplers;         // [n_seqs] the bench's sampler, each reseeded (scratch shared)
+    Picker *pickers;           // [n_seqs]
+    SeqRow *rows;
+    TopLogits *tops;
 } Test;
+
+// Batched: every sequence's prompt in one forward_seqs, or n_gen steps of one token of each, with each
+// sequence's pick from its row's candidates, as -f --parallel runs them.
+static void test_run_seqs(Test *t) {
+    int N = t->n_seqs, n = t->n_prompt ? t->n_prompt : 1, pos = t->n_prompt ? 0 : t->prompt;
+    for (int step = 0; step < (t->n_prompt ? 1 : t->n_gen); step++, pos += n) {
+        for (int k = 0; k < N; k++) t->rows[k] = (SeqRow){.seq = k, .base = k * t->span, .ids = t->tokens + (size_t)k * t->span + pos, .n = n, .pos = pos};
+        t->e->forward_seqs(t->e, t->rows, N, t->samplers[0].n_ids, t->tops);
+        if (t->n_prompt) return;
+        for (int k = 0; k < N; k++) {
+            int *seq = t->tokens + (size_t)k * t->span;
+            picker_set_row(&t->pickers[k], &t->tops[k], k, pos);
+            seq[pos + 1] = picker_sample(&t->pickers[k], seq, pos + 1);
+        }
+    }
+}
 
 // One repetition: the prompt in one forward call, or n_gen decode steps, each a forward of the last
 // pick and a draw, through the Picker as -p generates (on the GPU the host gets the logits' ranking).
 static void test_run(void *ctx) {
     Test *t = ctx;
+    if (t->n_seqs > 1) {
+        test_run_seqs(t);
+        return;
+    }
     if (t->n_prompt) {
         picker_forward(&t->next, t->tokens + t->depth, t->n_prompt, t->depth);
         return;
@@ -282,7 +316,9 @@ static void test_run(void *ctx) {
 // Every repetition starts from the same ids and the same sampler state.
 static double time_run(Test *t, const int *ids, int gpu) {
     int n = t->n_prompt ? t->n_prompt : t->n_gen;
-    memcpy(t->tokens + t->depth, ids + t->depth, (size_t)n * sizeof *ids);
+    if (t->n_seqs > 1) memcpy(t->tokens, ids, (size_t)t->n_seqs * t->span * sizeof *ids);
+    else memcpy(t->tokens + t->depth, ids + t->depth, (size_t)n * sizeof *ids);
+    for (int k = 0; k < t->n_seqs; k++) sampler_seed(&t->samplers[k], 1234 + (uint64_t)k);
     sampler_seed(t->next.s, 1234);
     if (gpu) return cuda_engine_time(t->e, test_run, t);
     double t0 = now_s();
@@ -305,6 +341,7 @@ static void fmt_params(char *out, size_t len, double n) {
 
 static void test_name(char *out, size_t len, const Row *r) {
     int n = r->n_prompt ? snprintf(out, len, "pp%d", r->n_prompt) : snprintf(out, len, "tg%d", r->n_gen);
+    if (r->n_seqs > 1) n += snprintf(out + n, len - (size_t)n, " x%d", r->n_seqs);
     if (r->depth) snprintf(out + n, len - (size_t)n, " @ d%d", r->depth);
 }
 
@@ -399,8 +436,8 @@ static void json_row(FILE *f, const Row *r, const RunInfo *ri, int reps, int bat
     fprintf(f, ", \"threads\": %d, \"kv\": \"%s\", \"wo_split\": ", ri->threads, kv_format_name(r->kv));
     if (r->wo_split) fprintf(f, "%d", r->wo_split);
     else fputs("null", f);
-    fprintf(f, ", \"n_batch\": %d, \"test\": \"%s\", \"n_prompt\": %d, \"n_gen\": %d, \"depth\": %d, \"reps\": %d, \"sampler\": ",
-            batch, test, r->n_prompt, r->n_gen, r->depth, reps);
+    fprintf(f, ", \"n_batch\": %d, \"test\": \"%s\", \"n_prompt\": %d, \"n_gen\": %d, \"depth\": %d, \"n_seqs\": %d, \"reps\": %d, \"sampler\": ",
+            batch, test, r->n_prompt, r->n_gen, r->depth, r->n_seqs, reps);
     json_str(f, ri->sampler);
     fprintf(f, ", \"tok_s\": %.4f, \"tok_s_std\": %.4f, ", r->mean, r->std);
     if (r->bytes_per_tok)
@@ -542,6 +579,9 @@ int bench_main(int argc, char **argv) {
     strftime(ri.date, sizeof ri.date, "%Y-%m-%dT%H:%M:%SZ", gmtime(&now));
     int max_pp = list_max(&o.pp), max_tg = list_max(&o.tg), max_d = list_max(&o.depth);
     int capacity = max_d + (max_pp > max_tg ? max_pp : max_tg);
+    // -np: each sequence's extent holds its prompt and the decode test's ids after it.
+    int max_par = o.par.n ? list_max(&o.par) : 1, span = (max_pp ? max_pp : 1) + max_tg + 1;
+    if (o.par.n && (long long)max_par * span > capacity) capacity = max_par * span;
 
     if (gpu) {
         ri.copy_bw = cuda_copy_bandwidth((size_t)1 << 30);
@@ -592,37 +632,54 @@ int bench_main(int argc, char **argv) {
                      sc.min_p, sc.repeat_penalty);
         Sampler sampler;
         sampler_init(&sampler, &sc, c->vocab, 1234);
+        Sampler *samplers = xmalloc((size_t)max_par * sizeof *samplers);
+        for (int k = 0; k < max_par; k++) samplers[k] = sampler;
         uint64_t x = 42;
         int *ids = xmalloc((size_t)capacity * sizeof *ids);
         Test t = {.tokens = xmalloc((size_t)capacity * sizeof(int))};
         for (int i = 0; i < capacity; i++) ids[i] = (int)(lcg(&x) >> 33) % c->vocab;
         double *tps = xmalloc((size_t)o.reps * sizeof *tps);
 
-        for (int k = 0; k < n_kv; k++) {
+        for (int k = 0; k < n_kv * (o.par.n ? o.par.n : 1); k++) {
+            int N = o.par.n ? o.par.v[k / n_kv] : 1;
             double e0 = now_s();
+            int cap = N > 1 ? N * span : capacity;
             if (gpu) {
-                t.e = cuda_engine_create(&m, capacity, kvs[k], o.batch, o.wo_split.n ? o.wo_split.v[0] : 0, why, sizeof why);
+                t.e = cuda_engine_create(&m, cap, kvs[k % n_kv], o.batch, o.wo_split.n ? o.wo_split.v[0] : 0, why, sizeof why);
                 if (!t.e) fatal("GPU engine: %s; add --ref to run on the reference path", why);
-            } else t.e = ref_engine_create(&m, capacity, kvs[k], o.batch);
+            } else t.e = ref_engine_create(&m, cap, kvs[k % n_kv], o.batch);
             picker_init(&t.next, t.e, &sampler, c->vocab);
+            t.n_seqs = N, t.span = span, t.prompt = max_pp ? max_pp : 1, t.samplers = samplers;
+            if (N > 1) {
+                if (t.e->seqs(t.e, N, why, sizeof why)) fatal("-np %d: %s", N, why);
+                t.pickers = xmalloc((size_t)N * sizeof *t.pickers);
+                for (int q = 0; q < N; q++) picker_init(&t.pickers[q], t.e, &samplers[q], c->vocab);
+                t.rows = xmalloc((size_t)N * sizeof *t.rows);
+                t.tops = xmalloc((size_t)N * sizeof *t.tops);
+            }
             double engine_s = now_s() - e0;  // the GPU's: weights uploaded, kernels loaded, warmed up
-            if (!o.quiet) fprintf(stderr, "nano: bench: %s KV: engine ready in %.0f ms\n", kv_format_name(kvs[k]), engine_s * 1e3);
+            if (!o.quiet) fprintf(stderr, "nano: bench: %s KV: engine ready in %.0f ms\n", kv_format_name(kvs[k % n_kv]), engine_s * 1e3);
             double weights, kv_per_pos;
             if (gpu) cuda_engine_bytes(t.e, &weights, &kv_per_pos);
             else {
                 int16_t *wide;
-                int n_wide = kv_wide_channels(&m, kvs[k], &wide);
+                int n_wide = kv_wide_channels(&m, kvs[k % n_kv], &wide);
                 free(wide);
                 weights = ref_weight_bytes(&m);
-                kv_per_pos = (double)kv_bytes_per_token(kvs[k], c->n_layers, c->n_kv_heads, c->head_dim, n_wide);
+                kv_per_pos = (double)kv_bytes_per_token(kvs[k % n_kv], c->n_layers, c->n_kv_heads, c->head_dim, n_wide);
             }
             int n_splits = o.wo_split.n ? o.wo_split.n : 1;
             for (int di = 0; di < o.depth.n; di++) {
                 t.depth = o.depth.v[di];
                 memcpy(t.tokens, ids, (size_t)capacity * sizeof *ids);
                 if (t.depth) {
-                    if (!o.quiet) fprintf(stderr, "nano: bench: %s KV: filling the cache to depth %d\n", kv_format_name(kvs[k]), t.depth);
+                    if (!o.quiet) fprintf(stderr, "nano: bench: %s KV: filling the cache to depth %d\n", kv_format_name(kvs[k % n_kv]), t.depth);
                     t.e->forward(t.e, ids, t.depth, 0, t.next.logits, 0);
+                }
+                if (N > 1) {  // every sequence's prompt, for the decode tests
+                    memcpy(t.tokens, ids, (size_t)N * span * sizeof *ids);
+                    t.n_prompt = t.prompt, t.n_gen = 0;
+                    test_run_seqs(&t);
                 }
                 for (int si = 0; si < n_splits; si++) {
                     if (gpu && o.wo_split.n) cuda_engine_set_wo_split(t.e, o.wo_split.v[si]);
@@ -631,16 +688,24 @@ int bench_main(int argc, char **argv) {
                         t.n_gen = ti < o.pp.n ? 0 : o.tg.v[ti - o.pp.n];
                         if (!t.n_prompt && !t.n_gen) continue;
                         Row r = base;
-                        r.kv = kvs[k];
+                        r.kv = kvs[k % n_kv];
                         r.load_s = load_s + engine_s;
                         r.wo_split = gpu ? cuda_engine_wo_split(t.e) : 0;
-                        r.n_prompt = t.n_prompt, r.n_gen = t.n_gen, r.depth = t.depth;
-                        int n_tok = t.n_prompt ? t.n_prompt : t.n_gen;
+                        r.n_prompt = t.n_prompt, r.n_gen = t.n_gen, r.depth = t.depth, r.n_seqs = N;
+                        int n_tok = N * (t.n_prompt ? t.n_prompt : t.n_gen);
                         time_run(&t, ids, gpu);  // warm-up
                         for (int rep = 0; rep < o.reps; rep++) tps[rep] = n_tok / time_run(&t, ids, gpu);
                         mean_std(tps, o.reps, &r.mean, &r.std);
+                        if (gpu && N > 1 && t.n_gen && !o.quiet) {  // where a step's time goes
+                            double step, gemms, rank;
+                            cuda_engine_rows_times(t.e, 20, &step, &gemms, &rank);
+                            fprintf(stderr, "nano: bench: tg%d x%d: a step %.3f ms on the device (GEMMs %.3f, the rest %.3f) + ranking %.3f\n",
+                                    t.n_gen, N, step, gemms, step - gemms, rank);
+                        }
                         // Step k of a decode test reads the weights and depth + k + 1 positions of K and V.
-                        if (t.n_gen) r.bytes_per_tok = weights + kv_per_pos * (t.depth + (t.n_gen + 1) / 2.0);
+                        // Batched: the weights once a step for all N, each sequence's K and V after its prompt.
+                        if (t.n_gen && N > 1) r.bytes_per_tok = weights / N + kv_per_pos * (t.prompt + (t.n_gen + 1) / 2.0);
+                        else if (t.n_gen) r.bytes_per_tok = weights + kv_per_pos * (t.depth + (t.n_gen + 1) / 2.0);
                         if (n_rows == cap_rows) rows = realloc(rows, (size_t)(cap_rows *= 2) * sizeof *rows);
                         if (!rows) fatal("out of memory");
                         rows[n_rows] = r;
@@ -650,9 +715,12 @@ int bench_main(int argc, char **argv) {
                 }
             }
             picker_free(&t.next);
+            for (int q = 0; q < (N > 1 ? N : 0); q++) picker_free(&t.pickers[q]);
+            free(t.pickers), free(t.rows), free(t.tops);
+            t.pickers = NULL, t.rows = NULL, t.tops = NULL;
             t.e->free(t.e);
         }
-        free(tps), free(ids), free(t.tokens);
+        free(tps), free(ids), free(t.tokens), free(samplers);
         sampler_free(&sampler);
         model_free(&m);
     }

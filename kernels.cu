@@ -19,11 +19,13 @@
 //
 // The kernels live in gpu/, one concern a header, included here in decode order into this one
 // translation unit:
+#include <cublasLt.h>
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
 #include <math.h>
 
 #include <algorithm>
+#include <vector>
 #include <limits.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -50,6 +52,26 @@ extern "C" {
 // ---------------------------------------------------------------------------------------------
 // Host side: the engine
 
+// The activations of a chunk of rows: T tokens of one sequence (prefill) or one token of each of
+// several sequences (batched decode). GEMM operands are bf16 hi + lo parts.
+struct Acts {
+    float *x, *q, *o;                    // [T][H] residual, [T][QD] queries, [T][QD] attention output (batched decode)
+    float *raw, *proj, *logits;          // GEMM outputs [2T][max(NQKV, 2I)], [2T][H], [2T][V]: hi products, lo products
+    uint16_t *hi;                        // GEMM operands [2T][max(H, QD, I)]: bf16 hi parts, then lo parts
+    int *ids;                            // [T]
+};
+
+// A GEMM shape of the batched decode step and the cuBLASLt algorithm measured fastest for it when the
+// engine readied its rows (cu_seqs): every step then runs the same algorithm, so each row's sums keep
+// their order.
+#define MAX_TUNED 8
+struct TunedGemm {
+    int N, K, rows, stride;
+    cublasLtMatmulDesc_t op;
+    cublasLtMatrixLayout_t a, b, c;
+    cublasLtMatmulAlgo_t algo;
+};
+
 typedef struct {
     Engine base;
     const Model *m;
@@ -62,11 +84,24 @@ typedef struct {
     cudaGraphExec_t gexec;
     int use_graph, graph_failed, prefetch;
     int *h_state;  // pinned
-    // prefill
-    float *px, *praw, *pq, *pproj, *plogits;
-    uint16_t *pa_hi, *pa_lo;
-    int *pids;
+    Acts pre;            // prefill: max_batch tokens of one sequence
+    // Batched decode (forward_seqs): a row per sequence, n_seqs of them
+    Acts rows;
+    int n_seqs;
+    int *row_state, *h_row_state;   // [4][n_seqs] id, position (-1: no token this step), extent base, the
+    int *rank_rows, *h_rank_rows;   // sequences whose rows are ranked (rank_rows); pinned copy
+    unsigned long long *row_kept;   // [n_seqs][top_slices][TOP_KEEP]
+    int *row_bad;                   // [n_seqs][top_slices]
+    TopResult *row_top, *h_row_top; // [n_seqs]
+    int *row_seq;                   // [n_seqs] the sequence of each row of the last forward_seqs
+    cudaGraphExec_t rows_gexec;
+    int rows_graph_failed;
     cublasHandle_t blas;
+    cublasLtHandle_t lt;
+    TunedGemm tuned[MAX_TUNED];
+    int n_tuned;
+    void *ws;  // the GEMMs' workspace
+    size_t ws_bytes;
     cudaStream_t st;
     float *h_logits, *h_dbg, *h_x;  // pinned
     const float *last_logits;       // the last forward's last row, on the device
@@ -238,83 +273,129 @@ static void decode_step(CudaEngine *c, int id, int pos, float *out, int keep) {
             for (int s = 0; s < 2; s++) c->hook(c->hook_ctx, l, s, c->h_dbg + ((size_t)l * 2 + s) * c->d.H, 1);
 }
 
-// C[T][N] = A[T][K] W[N][K]^T with A given as bf16 hi + lo parts: two tensor-core GEMMs into fp32.
-static void gemm(CudaEngine *c, const uint16_t *W, int N, int K, const uint16_t *hi, const uint16_t *lo, int T, float *C,
-                 const char *what) {
+// The GEMM operands: T rows of activations as bf16 hi parts, then their T lo parts (hi + T K), so that
+// one tensor-core GEMM reads the weights once for both: C[2T][N] = [hi; lo][2T][K] W[N][K]^T in fp32,
+// the hi products in rows 0..T-1 and the lo products after them; the next kernel adds the two halves.
+// stride: elements from the start of one operand row to the next (K, or T K for one row and its lo part).
+static void gemm(CudaEngine *c, const uint16_t *W, int N, int K, const uint16_t *A, int rows, int stride, float *C, const char *what) {
     const float one = 1.0f, zero = 0.0f;
-    BLAS_CHECK(cublasGemmEx(c->blas, CUBLAS_OP_T, CUBLAS_OP_N, N, T, K, &one, W, CUDA_R_16BF, K, hi, CUDA_R_16BF, K, &zero, C,
-                            CUDA_R_32F, N, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
-               what);
-    BLAS_CHECK(cublasGemmEx(c->blas, CUBLAS_OP_T, CUBLAS_OP_N, N, T, K, &one, W, CUDA_R_16BF, K, lo, CUDA_R_16BF, K, &one, C,
+    for (int i = 0; i < c->n_tuned; i++) {
+        const TunedGemm &t = c->tuned[i];
+        if (t.N == N && t.K == K && t.rows == rows && t.stride == stride) {
+            BLAS_CHECK(cublasLtMatmul(c->lt, t.op, &one, W, t.a, A, t.b, &zero, C, t.c, C, t.c, &t.algo, c->ws, c->ws_bytes, c->st), what);
+            return;
+        }
+    }
+    BLAS_CHECK(cublasGemmEx(c->blas, CUBLAS_OP_T, CUBLAS_OP_N, N, rows, K, &one, W, CUDA_R_16BF, K, A, CUDA_R_16BF, stride, &zero, C,
                             CUDA_R_32F, N, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
                what);
 }
+static void gemm_rows(CudaEngine *c, const uint16_t *W, int N, int K, const uint16_t *hi, int T, float *C, const char *what) {
+    gemm(c, W, N, K, hi, 2 * T, K, C, what);
+}
 
-static void launch_add_norm(CudaEngine *c, float *x, const float *proj, const float *bias, const float *w, int T) {
-    kernel_add_norm<<<T, 256, 0, c->st>>>(x, proj, bias, w, c->d.H, c->d.eps, c->pa_hi, c->pa_lo);
+// Logits [2 rows][V] (hi products, then lo) summed in place into the first rows.
+static void launch_add_halves(CudaEngine *c, float *x, size_t n) {
+    kernel_add_halves<<<(int)std::min<size_t>((n + 255) / 256, 65535), 256, 0, c->st>>>(x, n);
+    LAUNCH_CHECK("kernel_add_halves");
+}
+
+// proj: a GEMM's [2T][H] output (hi products, lo products), or NULL.
+static void launch_add_norm(CudaEngine *c, const Acts &a, const float *proj, const float *bias, const float *w, int T) {
+    size_t half = (size_t)T * c->d.H;
+    kernel_add_norm<<<T, 256, 0, c->st>>>(a.x, proj, proj ? proj + half : NULL, bias, w, c->d.H, c->d.eps, a.hi, a.hi + half);
     LAUNCH_CHECK("kernel_add_norm");
 }
 
-static void launch_qkv_finish(CudaEngine *c, int layer, int pos, int T) {
+// kv: the sequence's cache (prefill: positions pos.. of a's T rows); row_pos, row_base: batched decode,
+// each row's own position (-1: none) and extent of the cache.
+static void launch_qkv_finish(CudaEngine *c, const Acts &a, const KVCache &kv, int layer, int pos, int T, const int *row_pos,
+                              const int *row_base) {
     dim3 grid(T, (c->d.NH + 3) / 4);
-    kernel_qkv_finish<<<grid, 128, 4 * c->d.D * sizeof(float), c->st>>>(c->d, c->b.layers, layer, c->b.inv_freq, c->b.kv, c->praw,
-                                                                        pos, T, c->pq);
+    kernel_qkv_finish<<<grid, 128, 4 * c->d.D * sizeof(float), c->st>>>(c->d, c->b.layers, layer, c->b.inv_freq, kv, a.raw,
+                                                                        a.raw + (size_t)T * c->d.NQKV, pos, T, a.q, row_pos, row_base);
     LAUNCH_CHECK("kernel_qkv_finish");
 }
 
-static void launch_attn_prefill(CudaEngine *c, int layer, int pos, int T) {
+static void launch_attn_prefill(CudaEngine *c, const Acts &a, const KVCache &kv, int layer, int pos, int T) {
     dim3 grid(c->d.Hq, (T + PQ - 1) / PQ);
     size_t sm = attn_prefill_smem(c->d.D);
     switch (c->d.D) {
-    case 32: kernel_attn_prefill<32><<<grid, 256, sm, c->st>>>(c->d, c->pq, c->b.kv, layer, pos, T, c->pa_hi, c->pa_lo); break;
-    case 64: kernel_attn_prefill<64><<<grid, 256, sm, c->st>>>(c->d, c->pq, c->b.kv, layer, pos, T, c->pa_hi, c->pa_lo); break;
-    case 128: kernel_attn_prefill<128><<<grid, 256, sm, c->st>>>(c->d, c->pq, c->b.kv, layer, pos, T, c->pa_hi, c->pa_lo); break;
-    default: kernel_attn_prefill<256><<<grid, 256, sm, c->st>>>(c->d, c->pq, c->b.kv, layer, pos, T, c->pa_hi, c->pa_lo); break;
+    case 32: kernel_attn_prefill<32><<<grid, 256, sm, c->st>>>(c->d, a.q, kv, layer, pos, T, a.hi, a.hi + (size_t)T * c->d.QD); break;
+    case 64: kernel_attn_prefill<64><<<grid, 256, sm, c->st>>>(c->d, a.q, kv, layer, pos, T, a.hi, a.hi + (size_t)T * c->d.QD); break;
+    case 128: kernel_attn_prefill<128><<<grid, 256, sm, c->st>>>(c->d, a.q, kv, layer, pos, T, a.hi, a.hi + (size_t)T * c->d.QD); break;
+    default: kernel_attn_prefill<256><<<grid, 256, sm, c->st>>>(c->d, a.q, kv, layer, pos, T, a.hi, a.hi + (size_t)T * c->d.QD); break;
     }
     LAUNCH_CHECK("kernel_attn_prefill");
 }
 
-static void launch_silu(CudaEngine *c, int T) {
+// Batched decode: each row's attention over its own sequence, then its output as GEMM operands.
+static void launch_attn_rows(CudaEngine *c, int layer) {
+    const Dims &d = c->d;
+    DecodeParams p = decode_params(c);
+    p.q = c->rows.q, p.o = c->rows.o;
+    const int *st = c->row_state;
+    uint16_t *hi = c->rows.hi;
+    size_t sm = (size_t)(NW * c->hp * d.D + NW * c->hp * 2) * sizeof(float);
+    void *args[] = {&p, &st, &layer, &hi};
+    CUDA_CHECK(cudaLaunchKernel(attn_rows_kernel(c->hp, c->b.kv.format), dim3(d.Hkv, c->n_seqs), dim3(NT), args, sm, c->st),
+               "launch of kernel_attn_rows");
+}
+
+static void launch_silu(CudaEngine *c, const Acts &a, int T) {
     size_t n = (size_t)T * c->d.I;
     int blocks = (int)std::min<size_t>((n + 255) / 256, 65535);
-    kernel_silu<<<blocks, 256, 0, c->st>>>(c->praw, c->d.I, T, c->pa_hi, c->pa_lo);
+    kernel_silu<<<blocks, 256, 0, c->st>>>(a.raw, a.raw + (size_t)T * 2 * c->d.I, c->d.I, T, a.hi, a.hi + n);
     LAUNCH_CHECK("kernel_silu");
 }
 
 static void call_hook(CudaEngine *c, int layer, int stage, int T) {
-    CUDA_CHECK(cudaMemcpyAsync(c->h_x, c->px, (size_t)T * c->d.H * 4, cudaMemcpyDeviceToHost, c->st), "residual copy");
+    CUDA_CHECK(cudaMemcpyAsync(c->h_x, c->pre.x, (size_t)T * c->d.H * 4, cudaMemcpyDeviceToHost, c->st), "residual copy");
     sync_checked(c, "prefill (residual for --check)");
     c->hook(c->hook_ctx, layer, stage, c->h_x, T);
 }
 
-// T tokens at positions pos.. through cuBLAS and the prefill kernels. out: T x V logits (all) or the
-// last row's V, or NULL; keep: the last row's logits computed and left on the device (last_logits).
-static void prefill_chunk(CudaEngine *c, const int *ids, int T, int pos, float *out, int all, int keep) {
+// Every layer over the T rows of a (their embeddings in a.x), through cuBLAS: the prefill of a chunk
+// of one sequence (kv its cache, positions pos..), or (rows) one token of each sequence of the batch.
+// Ends with the final norm's output as GEMM operands in a.hi.
+static void run_layers(CudaEngine *c, const Acts &a, int T, const KVCache &kv, int pos, int rows) {
     const Dims &d = c->d;
-    CUDA_CHECK(cudaMemcpyAsync(c->pids, ids, (size_t)T * sizeof(int), cudaMemcpyHostToDevice, c->st), "prompt ids copy");
-    kernel_embed<<<T, 256, 0, c->st>>>(c->b.embed, c->pids, d.H, c->px);
-    LAUNCH_CHECK("kernel_embed");
-    launch_add_norm(c, c->px, NULL, NULL, c->h_layers[0].in_norm, T);
+    const int *row_pos = rows ? c->row_state + c->n_seqs : NULL, *row_base = rows ? c->row_state + 2 * c->n_seqs : NULL;
+    launch_add_norm(c, a, NULL, NULL, c->h_layers[0].in_norm, T);
     for (int l = 0; l < d.L; l++) {
         const DevLayer &w = c->h_layers[l];
-        gemm(c, w.wqkv, d.NQKV, d.H, c->pa_hi, c->pa_lo, T, c->praw, "cublasGemmEx (qkv_proj)");
-        launch_qkv_finish(c, l, pos, T);
-        launch_attn_prefill(c, l, pos, T);
-        gemm(c, w.wo, d.H, d.QD, c->pa_hi, c->pa_lo, T, c->pproj, "cublasGemmEx (o_proj)");
-        launch_add_norm(c, c->px, c->pproj, w.bo, w.post_norm, T);
-        if (c->hook) call_hook(c, l, 0, T);
-        gemm(c, w.wgu, 2 * d.I, d.H, c->pa_hi, c->pa_lo, T, c->praw, "cublasGemmEx (gate_up_proj)");
-        launch_silu(c, T);
-        gemm(c, w.wd, d.H, d.I, c->pa_hi, c->pa_lo, T, c->pproj, "cublasGemmEx (down_proj)");
-        launch_add_norm(c, c->px, c->pproj, NULL, l + 1 < d.L ? c->h_layers[l + 1].in_norm : c->b.final_norm, T);
-        if (c->hook) call_hook(c, l, 1, T);
+        gemm_rows(c, w.wqkv, d.NQKV, d.H, a.hi, T, a.raw, "cublasGemmEx (qkv_proj)");
+        launch_qkv_finish(c, a, kv, l, pos, T, row_pos, row_base);
+        if (rows) launch_attn_rows(c, l);
+        else launch_attn_prefill(c, a, kv, l, pos, T);
+        gemm_rows(c, w.wo, d.H, d.QD, a.hi, T, a.proj, "cublasGemmEx (o_proj)");
+        launch_add_norm(c, a, a.proj, w.bo, w.post_norm, T);
+        if (c->hook && !rows) call_hook(c, l, 0, T);
+        gemm_rows(c, w.wgu, 2 * d.I, d.H, a.hi, T, a.raw, "cublasGemmEx (gate_up_proj)");
+        launch_silu(c, a, T);
+        gemm_rows(c, w.wd, d.H, d.I, a.hi, T, a.proj, "cublasGemmEx (down_proj)");
+        launch_add_norm(c, a, a.proj, NULL, l + 1 < d.L ? c->h_layers[l + 1].in_norm : c->b.final_norm, T);
+        if (c->hook && !rows) call_hook(c, l, 1, T);
     }
+}
+
+// T tokens at positions pos.. of the cache kv through cuBLAS and the prefill kernels. out: T x V logits
+// (all) or the last row's V, or NULL; keep: the last row's logits computed and left on the device
+// (last_logits).
+static void prefill_chunk(CudaEngine *c, const KVCache &kv, const int *ids, int T, int pos, float *out, int all, int keep) {
+    const Dims &d = c->d;
+    const Acts &a = c->pre;
+    CUDA_CHECK(cudaMemcpyAsync(a.ids, ids, (size_t)T * sizeof(int), cudaMemcpyHostToDevice, c->st), "prompt ids copy");
+    kernel_embed<<<T, 256, 0, c->st>>>(c->b.embed, a.ids, d.H, a.x);
+    LAUNCH_CHECK("kernel_embed");
+    run_layers(c, a, T, kv, pos, 0);
     if (out || keep) {
-        int first = all ? 0 : T - 1, rows = T - first;
-        gemm(c, c->b.lm_head, d.V, d.H, c->pa_hi + (size_t)first * d.H, c->pa_lo + (size_t)first * d.H, rows, c->plogits,
-             "cublasGemmEx (lm_head)");
-        if (out) CUDA_CHECK(cudaMemcpyAsync(out, c->plogits, (size_t)rows * d.V * 4, cudaMemcpyDeviceToHost, c->st), "logits copy");
-        c->last_logits = c->plogits + (size_t)(rows - 1) * d.V;
+        int rows = all ? T : 1;  // every row, or the last one with its lo part T rows after it
+        if (all) gemm_rows(c, c->b.lm_head, d.V, d.H, a.hi, T, a.logits, "cublasGemmEx (lm_head)");
+        else gemm(c, c->b.lm_head, d.V, d.H, a.hi + (size_t)(T - 1) * d.H, 2, T * d.H, a.logits, "cublasGemmEx (lm_head)");
+        launch_add_halves(c, a.logits, (size_t)rows * d.V);
+        if (out) CUDA_CHECK(cudaMemcpyAsync(out, a.logits, (size_t)rows * d.V * 4, cudaMemcpyDeviceToHost, c->st), "logits copy");
+        c->last_logits = a.logits + (size_t)(rows - 1) * d.V;
     }
     sync_checked(c, "prefill");
 }
@@ -329,7 +410,7 @@ static void forward_chunks(CudaEngine *c, const int *ids, int n, int pos, float 
         int last = done + T == n;
         float *out = all_logits ? logits + done * V : last ? logits : NULL;
         if (T == 1) decode_step(c, ids[done], pos + done, out, keep && last);
-        else prefill_chunk(c, ids + done, T, pos + done, out, all_logits, keep && last);
+        else prefill_chunk(c, c->b.kv, ids + done, T, pos + done, out, all_logits, keep && last);
         done += T;
     }
 }
@@ -338,14 +419,28 @@ static void cu_forward(Engine *e, const int *ids, int n, int pos, float *logits,
     forward_chunks((CudaEngine *)e, ids, n, pos, logits, all_logits, 0);
 }
 
-// The ranking of last_logits over ids [0, n_ids) into h_top; returns when it is there.
-static void rank_last_logits(CudaEngine *c, int n_ids) {
-    kernel_top_slices<<<c->top_slices, TOP_THREADS, 0, c->st>>>(c->last_logits, c->d.V, n_ids, c->top_kept, c->top_bad);
+// The ranking of n logits rows over ids [0, n_ids): row r is logits + rows[r] V (rows NULL: one row),
+// into out[0..n); returns when it is in host[0..n).
+static void rank_logits(CudaEngine *c, const float *logits, const int *rows, int n, int n_ids, unsigned long long *kept, int *bad,
+                        TopResult *out, TopResult *host) {
+    kernel_top_slices<<<dim3(c->top_slices, n), TOP_THREADS, 0, c->st>>>(logits, rows, c->d.V, n_ids, kept, bad);
     LAUNCH_CHECK("kernel_top_slices");
-    kernel_top_merge<<<1, TOP_THREADS, 0, c->st>>>(c->last_logits, c->top_kept, c->top_bad, c->top_slices, c->top);
+    kernel_top_merge<<<dim3(1, n), TOP_THREADS, 0, c->st>>>(logits, rows, c->d.V, kept, bad, c->top_slices, out);
     LAUNCH_CHECK("kernel_top_merge");
-    CUDA_CHECK(cudaMemcpyAsync(c->h_top, c->top, sizeof(TopResult), cudaMemcpyDeviceToHost, c->st), "ranking copy");
+    CUDA_CHECK(cudaMemcpyAsync(host, out, (size_t)n * sizeof(TopResult), cudaMemcpyDeviceToHost, c->st), "ranking copy");
     sync_checked(c, "forward and ranking of the logits");
+}
+
+static void rank_last_logits(CudaEngine *c, int n_ids) {
+    rank_logits(c, c->last_logits, NULL, 1, n_ids, c->top_kept, c->top_bad, c->top, c->h_top);
+}
+
+static void top_from_result(const TopResult &r, int n_ids, TopLogits *top) {
+    top->n = std::min(n_ids, TOP_LOGITS_MAX);
+    for (int i = 0; i < top->n; i++) top->id[i] = rank_key_id(r.key[i]), top->logit[i] = rank_key_logit(r.key[i]);
+    top->next = n_ids > TOP_LOGITS_MAX ? rank_key_logit(r.key[TOP_LOGITS_MAX]) : -INFINITY;
+    top->bad_id = r.bad_id == INT_MAX ? -1 : r.bad_id;
+    top->bad_logit = r.bad_logit;
 }
 
 // The logits stay on the device; the host gets their ranking (gpu/top.cuh): 528 bytes, not 600 KB.
@@ -354,12 +449,176 @@ static void cu_forward_top(Engine *e, const int *ids, int n, int pos, int n_ids,
     if (n < 1) fatal("GPU engine: forward_top of no tokens");
     forward_chunks(c, ids, n, pos, NULL, 0, 1);
     rank_last_logits(c, n_ids);
-    const TopResult &r = *c->h_top;
-    top->n = std::min(n_ids, TOP_LOGITS_MAX);
-    for (int i = 0; i < top->n; i++) top->id[i] = rank_key_id(r.key[i]), top->logit[i] = rank_key_logit(r.key[i]);
-    top->next = n_ids > TOP_LOGITS_MAX ? rank_key_logit(r.key[TOP_LOGITS_MAX]) : -INFINITY;
-    top->bad_id = r.bad_id == INT_MAX ? -1 : r.bad_id;
-    top->bad_logit = r.bad_logit;
+    top_from_result(*c->h_top, n_ids, top);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Batched generation: one decode step for every sequence at once, a row per sequence (its row never
+// changes, and the GEMMs always run all n_seqs rows, so no row's bits depend on the others).
+
+static void rows_step(CudaEngine *c) {
+    const Dims &d = c->d;
+    kernel_embed<<<c->n_seqs, 256, 0, c->st>>>(c->b.embed, c->row_state, d.H, c->rows.x);
+    LAUNCH_CHECK("kernel_embed");
+    run_layers(c, c->rows, c->n_seqs, c->b.kv, 0, 1);
+    gemm_rows(c, c->b.lm_head, d.V, d.H, c->rows.hi, c->n_seqs, c->rows.logits, "cublasGemmEx (lm_head)");
+    launch_add_halves(c, c->rows.logits, (size_t)c->n_seqs * d.V);
+}
+
+// The step as a CUDA graph (its inputs are in row_state), captured on first use; launched directly
+// when the driver cannot capture it. The choice is made once, so every step runs the same kernels.
+static void rows_step_run(CudaEngine *c) {
+    if (!c->rows_gexec && !c->rows_graph_failed && c->use_graph) {
+        cudaGraph_t g = NULL;
+        cudaError_t e = cudaStreamBeginCapture(c->st, cudaStreamCaptureModeThreadLocal);
+        if (e == cudaSuccess) {
+            rows_step(c);
+            e = cudaStreamEndCapture(c->st, &g);
+        }
+        if (e == cudaSuccess) e = cudaGraphInstantiate(&c->rows_gexec, g, 0);
+        if (g) cudaGraphDestroy(g);
+        if (e != cudaSuccess) {
+            (void)cudaGetLastError();
+            c->rows_gexec = NULL;
+            c->rows_graph_failed = 1;
+            fprintf(stderr, "nano: GPU: the batched decode step runs without a CUDA graph (capture: %s)\n", cudaGetErrorString(e));
+        }
+    }
+    if (c->rows_gexec) CUDA_CHECK(cudaGraphLaunch(c->rows_gexec, c->st), "cudaGraphLaunch (batched decode)");
+    else rows_step(c);
+}
+
+// C[rows][N] = A[rows][K] W^T for each of Ws[0..nW) (the layers' copies of one matrix, so that the
+// weights come from memory as in a step): cuBLASLt's candidates for the shape timed, the fastest kept.
+static void tune_gemm(CudaEngine *c, int N, int K, int rows, const uint16_t *const *Ws, int nW, const uint16_t *A, float *C) {
+    if (c->n_tuned == MAX_TUNED) return;
+    TunedGemm t = {N, K, rows, K, NULL, NULL, NULL, NULL, {}};
+    const cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
+    BLAS_CHECK(cublasLtMatmulDescCreate(&t.op, CUBLAS_COMPUTE_32F, CUDA_R_32F), "cublasLtMatmulDescCreate");
+    BLAS_CHECK(cublasLtMatmulDescSetAttribute(t.op, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof ta), "cublasLtMatmulDescSetAttribute");
+    BLAS_CHECK(cublasLtMatmulDescSetAttribute(t.op, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof tb), "cublasLtMatmulDescSetAttribute");
+    BLAS_CHECK(cublasLtMatrixLayoutCreate(&t.a, CUDA_R_16BF, K, N, K), "cublasLtMatrixLayoutCreate");
+    BLAS_CHECK(cublasLtMatrixLayoutCreate(&t.b, CUDA_R_16BF, K, rows, K), "cublasLtMatrixLayoutCreate");
+    BLAS_CHECK(cublasLtMatrixLayoutCreate(&t.c, CUDA_R_32F, N, rows, N), "cublasLtMatrixLayoutCreate");
+    cublasLtMatmulPreference_t pref;
+    BLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref), "cublasLtMatmulPreferenceCreate");
+    BLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &c->ws_bytes, sizeof c->ws_bytes),
+               "cublasLtMatmulPreferenceSetAttribute");
+    cublasLtMatmulHeuristicResult_t found[16];
+    int n_found = 0;
+    if (cublasLtMatmulAlgoGetHeuristic(c->lt, t.op, t.a, t.b, t.c, t.c, pref, 16, found, &n_found) != CUBLAS_STATUS_SUCCESS) n_found = 0;
+    cublasLtMatmulPreferenceDestroy(pref);
+    cudaEvent_t e0, e1;
+    CUDA_CHECK(cudaEventCreate(&e0), "cudaEventCreate");
+    CUDA_CHECK(cudaEventCreate(&e1), "cudaEventCreate");
+    const float one = 1.0f, zero = 0.0f;
+    float best = INFINITY;
+    const int reps = std::max(nW, 8);
+    for (int i = 0; i < n_found; i++) {
+        if (found[i].state != CUBLAS_STATUS_SUCCESS || found[i].workspaceSize > c->ws_bytes) continue;
+        int ok = 1;
+        for (int r = -1; r < reps && ok; r++) {  // r = -1: a run before the timing
+            if (r == 0) CUDA_CHECK(cudaEventRecord(e0, c->st), "cudaEventRecord");
+            ok = cublasLtMatmul(c->lt, t.op, &one, Ws[(r + nW) % nW], t.a, A, t.b, &zero, C, t.c, C, t.c, &found[i].algo, c->ws, c->ws_bytes,
+                                c->st) == CUBLAS_STATUS_SUCCESS;
+        }
+        CUDA_CHECK(cudaEventRecord(e1, c->st), "cudaEventRecord");
+        CUDA_CHECK(cudaEventSynchronize(e1), "cudaEventSynchronize");
+        float ms = 0;
+        CUDA_CHECK(cudaEventElapsedTime(&ms, e0, e1), "cudaEventElapsedTime");
+        if (ok && ms < best) best = ms, t.algo = found[i].algo;
+    }
+    cudaEventDestroy(e0), cudaEventDestroy(e1);
+    if (best < INFINITY) c->tuned[c->n_tuned++] = t;
+    else {  // none ran: cublasGemmEx serves the shape
+        cublasLtMatmulDescDestroy(t.op);
+        cublasLtMatrixLayoutDestroy(t.a), cublasLtMatrixLayoutDestroy(t.b), cublasLtMatrixLayoutDestroy(t.c);
+    }
+}
+
+static int cu_seqs(Engine *e, int n_seqs, char *why, size_t whylen) {
+    CudaEngine *c = (CudaEngine *)e;
+    const Dims &d = c->d;
+    if (c->n_seqs) return error_into(why, whylen, "the GPU engine is already set up for %d sequences", c->n_seqs);
+    if (c->max_batch < 2) return error_into(why, whylen, "prompts of several sequences need the prefill path (-b 2 or more)");
+    if (n_seqs < 1) return error_into(why, whylen, "%d sequences", n_seqs);
+    size_t M = (size_t)n_seqs, wide = (size_t)std::max(std::max(d.H, d.QD), d.I), *sb = &c->scratch_bytes;
+    const char *sw = "cudaMalloc (batched decode)";
+    Acts &a = c->rows;
+    a.x = (float *)dev_alloc(c, M * d.H * 4, sb, sw);
+    a.raw = (float *)dev_alloc(c, 2 * M * std::max((size_t)d.NQKV, 2 * (size_t)d.I) * 4, sb, sw);
+    a.q = (float *)dev_alloc(c, M * d.QD * 4, sb, sw);
+    a.o = (float *)dev_alloc(c, M * d.QD * 4, sb, sw);
+    a.proj = (float *)dev_alloc(c, 2 * M * d.H * 4, sb, sw);
+    a.logits = (float *)dev_alloc(c, 2 * M * d.V * 4, sb, sw);
+    a.hi = (uint16_t *)dev_alloc(c, 2 * M * wide * 2, sb, sw);
+    CUDA_CHECK(cudaMemset(a.o, 0, M * d.QD * 4), "cudaMemset (batched decode)");
+    c->row_state = (int *)dev_alloc(c, 4 * M * 4, sb, sw);
+    a.ids = c->row_state;
+    c->rank_rows = c->row_state + 3 * M;
+    c->row_kept = (unsigned long long *)dev_alloc(c, M * c->top_slices * TOP_KEEP * 8, sb, sw);
+    c->row_bad = (int *)dev_alloc(c, M * c->top_slices * 4, sb, sw);
+    c->row_top = (TopResult *)dev_alloc(c, M * sizeof(TopResult), sb, sw);
+    CUDA_CHECK(cudaMallocHost((void **)&c->h_row_state, 4 * M * 4), "cudaMallocHost");
+    c->h_rank_rows = c->h_row_state + 3 * M;
+    CUDA_CHECK(cudaMallocHost((void **)&c->h_row_top, M * sizeof(TopResult)), "cudaMallocHost");
+    c->row_seq = (int *)xcalloc(M, sizeof(int));
+    c->n_seqs = n_seqs;
+    // The step's GEMMs, each tuned over the layers' copies of its matrix.
+    BLAS_CHECK(cublasLtCreate(&c->lt), "cublasLtCreate");
+    std::vector<const uint16_t *> w[4];
+    for (int l = 0; l < d.L; l++)
+        w[0].push_back(c->h_layers[l].wqkv), w[1].push_back(c->h_layers[l].wo), w[2].push_back(c->h_layers[l].wgu), w[3].push_back(c->h_layers[l].wd);
+    const int rows = 2 * n_seqs;
+    tune_gemm(c, d.NQKV, d.H, rows, w[0].data(), d.L, a.hi, a.raw);
+    tune_gemm(c, d.H, d.QD, rows, w[1].data(), d.L, a.hi, a.proj);
+    tune_gemm(c, 2 * d.I, d.H, rows, w[2].data(), d.L, a.hi, a.raw);
+    tune_gemm(c, d.H, d.I, rows, w[3].data(), d.L, a.hi, a.proj);
+    tune_gemm(c, d.V, d.H, rows, &c->b.lm_head, 1, a.hi, a.logits);
+    return 0;
+}
+
+// The rows of one token go through rows_step together; a row of a prompt goes through the prefill
+// path alone (so it too is the same whoever shares the step), its last logits into its sequence's row.
+static void cu_forward_seqs(Engine *e, const SeqRow *rows, int n_rows, int n_ids, TopLogits *tops) {
+    CudaEngine *c = (CudaEngine *)e;
+    const int M = c->n_seqs, cap = c->b.kv.capacity;
+    if (n_rows < 1 || n_rows > M) fatal("GPU engine: %d rows for %d sequences", n_rows, M);
+    int *ids = c->h_row_state, *pos = ids + M, *base = pos + M, n_one = 0;
+    for (int k = 0; k < M; k++) ids[k] = 0, pos[k] = -1, base[k] = 0;
+    for (int i = 0; i < n_rows; i++) {
+        const SeqRow &w = rows[i];
+        if (w.seq < 0 || w.seq >= M || pos[w.seq] != -1 || w.n < 1 || w.base < 0 || w.pos < 0 || (long long)w.base + w.pos + w.n > cap)
+            fatal("GPU engine: row %d (sequence %d, %d tokens at %d+%d) is not one of %d sequences in a KV cache of %d", i, w.seq, w.n,
+                  w.base, w.pos, M, cap);
+        pos[w.seq] = -2;  // taken
+        if (w.n == 1) ids[w.seq] = w.ids[0], pos[w.seq] = w.pos, base[w.seq] = w.base, n_one++;
+        c->row_seq[i] = w.seq;
+        c->h_rank_rows[i] = w.seq;
+    }
+    for (int k = 0; k < M; k++)
+        if (pos[k] == -2) pos[k] = -1;
+    CUDA_CHECK(cudaMemcpyAsync(c->row_state, c->h_row_state, 4 * (size_t)M * 4, cudaMemcpyHostToDevice, c->st), "row state copy");
+    if (n_one) rows_step_run(c);
+    for (int i = 0; i < n_rows; i++) {
+        const SeqRow &w = rows[i];
+        if (w.n == 1) continue;
+        KVCache kv = kv_view(&c->b.kv, w.base);
+        for (int done = 0; done < w.n;) {
+            int T = std::min(w.n - done, c->max_batch);
+            prefill_chunk(c, kv, w.ids + done, T, w.pos + done, NULL, 0, done + T == w.n);
+            done += T;
+        }
+        CUDA_CHECK(cudaMemcpyAsync(c->rows.logits + (size_t)w.seq * c->d.V, c->last_logits, (size_t)c->d.V * 4, cudaMemcpyDeviceToDevice, c->st),
+                   "logits copy");
+    }
+    rank_logits(c, c->rows.logits, c->rank_rows, n_rows, n_ids, c->row_kept, c->row_bad, c->row_top, c->h_row_top);
+    for (int i = 0; i < n_rows; i++) top_from_result(c->h_row_top[i], n_ids, &tops[i]);
+}
+
+static void cu_row_logits(Engine *e, int row, float *logits) {
+    CudaEngine *c = (CudaEngine *)e;
+    logits_to_host(c, c->rows.logits + (size_t)c->row_seq[row] * c->d.V, logits, "logits copy");
 }
 
 static void cu_last_logits(Engine *e, float *logits) {
@@ -377,9 +636,18 @@ static void cu_free(Engine *e) {
     if (c->h_state) cudaFreeHost(c->h_state);
     if (c->h_logits) cudaFreeHost(c->h_logits);
     if (c->h_top) cudaFreeHost(c->h_top);
+    if (c->rows_gexec) cudaGraphExecDestroy(c->rows_gexec);
+    if (c->h_row_state) cudaFreeHost(c->h_row_state);
+    if (c->h_row_top) cudaFreeHost(c->h_row_top);
+    free(c->row_seq);
     if (c->h_dbg) cudaFreeHost(c->h_dbg);
     if (c->h_x) cudaFreeHost(c->h_x);
     if (c->blas) cublasDestroy(c->blas);
+    for (int i = 0; i < c->n_tuned; i++) {
+        cublasLtMatmulDescDestroy(c->tuned[i].op);
+        cublasLtMatrixLayoutDestroy(c->tuned[i].a), cublasLtMatrixLayoutDestroy(c->tuned[i].b), cublasLtMatrixLayoutDestroy(c->tuned[i].c);
+    }
+    if (c->lt) cublasLtDestroy(c->lt);
     if (c->st) cudaStreamDestroy(c->st);
     free(c->h_layers);
     free(c);
@@ -421,7 +689,7 @@ static void kv_alloc(CudaEngine *c, KVCache *kv, const KVCache *shape) {
 // cache are written; every forward overwrites what it reads past.
 static void warm_up(CudaEngine *c) {
     const int ids[2] = {0, 0}, prefill = c->max_batch > 1 && c->b.kv.capacity >= 3;
-    if (prefill) prefill_chunk(c, ids, 2, 0, NULL, 0, 1);
+    if (prefill) prefill_chunk(c, c->b.kv, ids, 2, 0, NULL, 0, 1);
     decode_step(c, ids[0], prefill ? 2 : 0, NULL, 1);
     rank_last_logits(c, c->d.V);
 }
@@ -429,6 +697,8 @@ static void warm_up(CudaEngine *c) {
 extern "C" Engine *cuda_engine_create(const Model *m, int capacity, KVFormat kv, int max_batch, int wo_split, char *why,
                                       size_t whylen) {
     if (!cuda_device_count(why, whylen)) return NULL;
+    const int pool = capacity < 0;  // -N: a pool of N positions, or as many as fit
+    if (pool) capacity = -capacity;
     const Config *cf = &m->cfg;
     if (!kv_formats[kv].gpu) return error_into(why, whylen, "the GPU engine has no --kv %s (the reference path has: add --ref)", kv_format_name(kv)), (Engine *)NULL;
     cudaDeviceProp prop;
@@ -449,6 +719,9 @@ extern "C" Engine *cuda_engine_create(const Model *m, int capacity, KVFormat kv,
     c->base.forward = cu_forward;
     c->base.forward_top = cu_forward_top;
     c->base.last_logits = cu_last_logits;
+    c->base.seqs = cu_seqs;
+    c->base.forward_seqs = cu_forward_seqs;
+    c->base.row_logits = cu_row_logits;
     c->base.free = cu_free;
     c->m = m;
     Dims &d = c->d;
@@ -515,10 +788,15 @@ extern "C" Engine *cuda_engine_create(const Model *m, int capacity, KVFormat kv,
     size_t B = (size_t)max_batch, wide = (size_t)std::max(std::max(d.H, d.QD), d.I);
     size_t need_w = weight_bytes(d, cf->tied), per_token = kv_bytes_per_token(kv, d.L, d.Hkv, D, shape.n_wide);
     size_t need_kv = per_token * capacity;
-    size_t need_p = B > 1 ? B * (4 * (size_t)d.H * 2 + 4 * std::max((size_t)d.NQKV, 2 * (size_t)d.I) + 4 * (size_t)d.QD +
-                                 2 * 2 * wide + 4 * (size_t)d.V)
+    size_t need_p = B > 1 ? B * (4 * (size_t)d.H * 3 + 8 * std::max((size_t)d.NQKV, 2 * (size_t)d.I) + 4 * (size_t)d.QD +
+                                 2 * 2 * wide + 8 * (size_t)d.V)
                           : 0;
     size_t reserve = need_w + need_p + (256u << 20);  // + 256 MiB for cuBLAS, the decode scratch and the context
+    if (pool) {  // and 1 GiB for the batched decode's rows (cu_seqs)
+        reserve += 1u << 30;
+        long long fits = free_b > reserve ? (long long)((free_b - reserve) / per_token) : 0;
+        if (fits < capacity && fits >= 1) capacity = (int)fits, need_kv = per_token * capacity, shape.capacity = capacity;
+    }
     if (reserve + need_kv > free_b) {
         free((void *)shape.wide);
         cu_free(&c->base);
@@ -532,6 +810,10 @@ extern "C" Engine *cuda_engine_create(const Model *m, int capacity, KVFormat kv,
     CUDA_CHECK(cudaStreamCreateWithFlags(&c->st, cudaStreamNonBlocking), "cudaStreamCreate");
     BLAS_CHECK(cublasCreate(&c->blas), "cublasCreate");
     BLAS_CHECK(cublasSetStream(c->blas, c->st), "cublasSetStream");
+    // A workspace of its own: the same for direct and graph-captured GEMMs (so the same algorithms).
+    c->ws_bytes = 32u << 20;
+    c->ws = dev_alloc(c, c->ws_bytes, &c->scratch_bytes, "cudaMalloc (cuBLAS workspace)");
+    BLAS_CHECK(cublasSetWorkspace(c->blas, c->ws, c->ws_bytes), "cublasSetWorkspace");
 
     // Weights
     size_t stage_elems = 1 << 22;
@@ -594,6 +876,7 @@ extern "C" Engine *cuda_engine_create(const Model *m, int capacity, KVFormat kv,
 
     // KV cache
     kv_alloc(c, &c->b.kv, &shape);
+    c->base.capacity = capacity;
     free((void *)shape.wide);
 
     // Decode scratch
@@ -623,14 +906,13 @@ extern "C" Engine *cuda_engine_create(const Model *m, int capacity, KVFormat kv,
 
     // Prefill scratch (none when every token goes through decode)
     if (max_batch > 1) {
-        c->px = (float *)dev_alloc(c, B * d.H * 4, sb, sw);
-        c->praw = (float *)dev_alloc(c, B * std::max((size_t)d.NQKV, 2 * (size_t)d.I) * 4, sb, sw);
-        c->pq = (float *)dev_alloc(c, B * d.QD * 4, sb, sw);
-        c->pproj = (float *)dev_alloc(c, B * d.H * 4, sb, sw);
-        c->plogits = (float *)dev_alloc(c, B * d.V * 4, sb, sw);
-        c->pa_hi = (uint16_t *)dev_alloc(c, B * wide * 2, sb, sw);
-        c->pa_lo = (uint16_t *)dev_alloc(c, B * wide * 2, sb, sw);
-        c->pids = (int *)dev_alloc(c, B * 4, sb, sw);
+        c->pre.x = (float *)dev_alloc(c, B * d.H * 4, sb, sw);
+        c->pre.raw = (float *)dev_alloc(c, 2 * B * std::max((size_t)d.NQKV, 2 * (size_t)d.I) * 4, sb, sw);
+        c->pre.q = (float *)dev_alloc(c, B * d.QD * 4, sb, sw);
+        c->pre.proj = (float *)dev_alloc(c, 2 * B * d.H * 4, sb, sw);
+        c->pre.logits = (float *)dev_alloc(c, 2 * B * d.V * 4, sb, sw);
+        c->pre.hi = (uint16_t *)dev_alloc(c, 2 * B * wide * 2, sb, sw);
+        c->pre.ids = (int *)dev_alloc(c, B * 4, sb, sw);
     }
     CUDA_CHECK(cudaMallocHost((void **)&c->h_logits, (size_t)d.V * 4), "cudaMallocHost");
     c->top_slices = (d.V + TOP_SLICE - 1) / TOP_SLICE;
@@ -744,49 +1026,50 @@ static void run_stage_prefill(CudaEngine *c, CudaStage *s) {
     const DevLayer &w = c->h_layers[s->layer];
     int T = s->T;
     if (T > c->max_batch) fatal("cuda_engine_run_stage: %d tokens exceed max_batch %d", T, c->max_batch);
-    if (s->x) to_dev(c->px, s->x, (size_t)T * d.H * 4);
+    if (s->x) to_dev(c->pre.x, s->x, (size_t)T * d.H * 4);
     switch (s->stage) {
     case ST_QKV:
-        launch_add_norm(c, c->px, NULL, NULL, w.in_norm, T);
-        gemm(c, w.wqkv, d.NQKV, d.H, c->pa_hi, c->pa_lo, T, c->praw, "cublasGemmEx (qkv_proj)");
-        launch_qkv_finish(c, s->layer, s->pos, T);
+        launch_add_norm(c, c->pre, NULL, NULL, w.in_norm, T);
+        gemm_rows(c, w.wqkv, d.NQKV, d.H, c->pre.hi, T, c->pre.raw, "cublasGemmEx (qkv_proj)");
+        launch_qkv_finish(c, c->pre, c->b.kv, s->layer, s->pos, T, NULL, NULL);
         sync_checked(c, "prefill QKV (stage test)");
-        to_host(s->out, c->pq, (size_t)T * d.QD * 4);
+        to_host(s->out, c->pre.q, (size_t)T * d.QD * 4);
         break;
     case ST_ATT: {
-        to_dev(c->pq, s->q, (size_t)T * d.QD * 4);
-        launch_attn_prefill(c, s->layer, s->pos, T);
+        to_dev(c->pre.q, s->q, (size_t)T * d.QD * 4);
+        launch_attn_prefill(c, c->pre, c->b.kv, s->layer, s->pos, T);
         sync_checked(c, "kernel_attn_prefill (stage test)");
         size_t n = (size_t)T * d.QD;
         uint16_t *h = (uint16_t *)xmalloc(n * 2), *l = (uint16_t *)xmalloc(n * 2);
-        to_host(h, c->pa_hi, n * 2);
-        to_host(l, c->pa_lo, n * 2);
+        to_host(h, c->pre.hi, n * 2);
+        to_host(l, c->pre.hi + n, n * 2);
         for (size_t i = 0; i < n; i++) s->out[i] = bf16_to_f32(h[i]) + bf16_to_f32(l[i]);
         free(h);
         free(l);
         break;
     }
     case ST_WO:
-        upload_split(c->pa_hi, c->pa_lo, s->o, (size_t)T * d.QD);
-        gemm(c, w.wo, d.H, d.QD, c->pa_hi, c->pa_lo, T, c->pproj, "cublasGemmEx (o_proj)");
-        launch_add_norm(c, c->px, c->pproj, w.bo, w.post_norm, T);
+        upload_split(c->pre.hi, c->pre.hi + (size_t)T * d.QD, s->o, (size_t)T * d.QD);
+        gemm_rows(c, w.wo, d.H, d.QD, c->pre.hi, T, c->pre.proj, "cublasGemmEx (o_proj)");
+        launch_add_norm(c, c->pre, c->pre.proj, w.bo, w.post_norm, T);
         sync_checked(c, "prefill o_proj (stage test)");
-        to_host(s->out, c->px, (size_t)T * d.H * 4);
+        to_host(s->out, c->pre.x, (size_t)T * d.H * 4);
         break;
     case ST_MLP | ST_DOWN:
-        launch_add_norm(c, c->px, NULL, NULL, w.post_norm, T);
-        gemm(c, w.wgu, 2 * d.I, d.H, c->pa_hi, c->pa_lo, T, c->praw, "cublasGemmEx (gate_up_proj)");
-        launch_silu(c, T);
-        gemm(c, w.wd, d.H, d.I, c->pa_hi, c->pa_lo, T, c->pproj, "cublasGemmEx (down_proj)");
-        launch_add_norm(c, c->px, c->pproj, NULL, c->b.final_norm, T);
+        launch_add_norm(c, c->pre, NULL, NULL, w.post_norm, T);
+        gemm_rows(c, w.wgu, 2 * d.I, d.H, c->pre.hi, T, c->pre.raw, "cublasGemmEx (gate_up_proj)");
+        launch_silu(c, c->pre, T);
+        gemm_rows(c, w.wd, d.H, d.I, c->pre.hi, T, c->pre.proj, "cublasGemmEx (down_proj)");
+        launch_add_norm(c, c->pre, c->pre.proj, NULL, c->b.final_norm, T);
         sync_checked(c, "prefill MLP (stage test)");
-        to_host(s->out, c->px, (size_t)T * d.H * 4);
+        to_host(s->out, c->pre.x, (size_t)T * d.H * 4);
         break;
     case ST_FINAL:
-        launch_add_norm(c, c->px, NULL, NULL, c->b.final_norm, T);
-        gemm(c, c->b.lm_head, d.V, d.H, c->pa_hi, c->pa_lo, T, c->plogits, "cublasGemmEx (lm_head)");
+        launch_add_norm(c, c->pre, NULL, NULL, c->b.final_norm, T);
+        gemm_rows(c, c->b.lm_head, d.V, d.H, c->pre.hi, T, c->pre.logits, "cublasGemmEx (lm_head)");
+        launch_add_halves(c, c->pre.logits, (size_t)T * d.V);
         sync_checked(c, "prefill lm_head (stage test)");
-        to_host(s->out, c->plogits, (size_t)T * d.V * 4);
+        to_host(s->out, c->pre.logits, (size_t)T * d.V * 4);
         break;
     default: fatal("cuda_engine_run_stage: unknown stage %d", s->stage);
     }
@@ -923,6 +1206,46 @@ extern "C" double cuda_engine_time(Engine *e, void (*fn)(void *ctx), void *ctx) 
     cudaEventDestroy(t0);
     cudaEventDestroy(t1);
     return ms / 1e3;
+}
+
+// The step's GEMMs alone, as rows_step runs them.
+static void rows_gemms(CudaEngine *c) {
+    const Dims &d = c->d;
+    const Acts &a = c->rows;
+    for (int l = 0; l < d.L; l++) {
+        const DevLayer &w = c->h_layers[l];
+        gemm_rows(c, w.wqkv, d.NQKV, d.H, a.hi, c->n_seqs, a.raw, "cublasGemmEx (qkv_proj)");
+        gemm_rows(c, w.wo, d.H, d.QD, a.hi, c->n_seqs, a.proj, "cublasGemmEx (o_proj)");
+        gemm_rows(c, w.wgu, 2 * d.I, d.H, a.hi, c->n_seqs, a.raw, "cublasGemmEx (gate_up_proj)");
+        gemm_rows(c, w.wd, d.H, d.I, a.hi, c->n_seqs, a.proj, "cublasGemmEx (down_proj)");
+    }
+    gemm_rows(c, c->b.lm_head, d.V, d.H, a.hi, c->n_seqs, a.logits, "cublasGemmEx (lm_head)");
+}
+
+extern "C" void cuda_engine_rows_times(Engine *e, int reps, double *step_ms, double *gemm_ms, double *rank_ms) {
+    CudaEngine *c = (CudaEngine *)e;
+    if (!c->n_seqs) fatal("cuda_engine_rows_times: the engine has no rows (seqs)");
+    cudaEvent_t t[4];
+    for (int i = 0; i < 4; i++) CUDA_CHECK(cudaEventCreate(&t[i]), "cudaEventCreate");
+    for (int i = 0; i < c->n_seqs; i++) c->h_rank_rows[i] = i;
+    CUDA_CHECK(cudaMemcpyAsync(c->rank_rows, c->h_rank_rows, (size_t)c->n_seqs * 4, cudaMemcpyHostToDevice, c->st), "row state copy");
+    CUDA_CHECK(cudaEventRecord(t[0], c->st), "cudaEventRecord");
+    for (int r = 0; r < reps; r++) rows_step_run(c);
+    CUDA_CHECK(cudaEventRecord(t[1], c->st), "cudaEventRecord");
+    for (int r = 0; r < reps; r++) rows_gemms(c);
+    CUDA_CHECK(cudaEventRecord(t[2], c->st), "cudaEventRecord");
+    for (int r = 0; r < reps; r++) {
+        kernel_top_slices<<<dim3(c->top_slices, c->n_seqs), TOP_THREADS, 0, c->st>>>(c->rows.logits, c->rank_rows, c->d.V, c->d.V,
+                                                                                     c->row_kept, c->row_bad);
+        kernel_top_merge<<<dim3(1, c->n_seqs), TOP_THREADS, 0, c->st>>>(c->rows.logits, c->rank_rows, c->d.V, c->row_kept, c->row_bad,
+                                                                        c->top_slices, c->row_top);
+    }
+    CUDA_CHECK(cudaEventRecord(t[3], c->st), "cudaEventRecord");
+    CUDA_CHECK(cudaEventSynchronize(t[3]), "rows timing");
+    float ms[3];
+    for (int i = 0; i < 3; i++) CUDA_CHECK(cudaEventElapsedTime(&ms[i], t[i], t[i + 1]), "cudaEventElapsedTime");
+    for (int i = 0; i < 4; i++) cudaEventDestroy(t[i]);
+    *step_ms = ms[0] / reps, *gemm_ms = ms[1] / reps, *rank_ms = ms[2] / reps;
 }
 
 extern "C" int cuda_device_info(char *name, size_t namelen, int *driver, int *runtime) {

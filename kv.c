@@ -198,3 +198,46 @@ void kv_read(const KVCache *kv, int part, int layer, int head, int pos, float *d
     kv_decode_row(kv->codec[part], kv_data_at(kv, part, layer, head, pos), kv_aux_at(kv, part, layer, head, pos), kv->head_dim,
                   kv_part_wide(kv, part), kv_wide_at(kv, part, layer, head), dst);
 }
+
+void kv_pool_init(KVPool *p, int capacity, int max_extents) {
+    memset(p, 0, sizeof *p);
+    p->capacity = capacity, p->max = max_extents;
+    p->start = xcalloc((size_t)max_extents + 1, sizeof *p->start);
+    p->len = xcalloc((size_t)max_extents + 1, sizeof *p->len);
+}
+
+void kv_pool_free(KVPool *p) {
+    free(p->start), free(p->len);
+    memset(p, 0, sizeof *p);
+}
+
+int kv_pool_take(KVPool *p, int n) {
+    if (n < 1 || p->n == p->max) return -1;
+    int at = 0, i = 0;  // the gap before extent i starts at `at`
+    for (; i <= p->n; i++) {
+        int end = i < p->n ? p->start[i] : p->capacity;
+        if (end - at >= n) break;
+        if (i < p->n) at = p->start[i] + p->len[i];
+    }
+    if (i > p->n) return -1;
+    memmove(p->start + i + 1, p->start + i, (size_t)(p->n - i) * sizeof *p->start);
+    memmove(p->len + i + 1, p->len + i, (size_t)(p->n - i) * sizeof *p->len);
+    p->start[i] = at, p->len[i] = n;
+    p->n++;
+    return at;
+}
+
+void kv_pool_give(KVPool *p, int start) {
+    int i = 0;
+    while (i < p->n && p->start[i] != start) i++;
+    if (i == p->n) fatal("KV pool: no extent starts at position %d", start);
+    memmove(p->start + i, p->start + i + 1, (size_t)(p->n - i - 1) * sizeof *p->start);
+    memmove(p->len + i, p->len + i + 1, (size_t)(p->n - i - 1) * sizeof *p->len);
+    p->n--;
+}
+
+int kv_pool_used(const KVPool *p) {
+    int u = 0;
+    for (int i = 0; i < p->n; i++) u += p->len[i];
+    return u;
+}

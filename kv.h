@@ -115,6 +115,15 @@ HOST_DEVICE static inline uint8_t *kv_data_at(const KVCache *kv, int part, int l
 HOST_DEVICE static inline uint8_t *kv_aux_at(const KVCache *kv, int part, int layer, int head, int pos) {
     return (part ? kv->v_aux : kv->k_aux) + kv_row(kv, layer, head, pos) * kv_row_bytes(kv, part, 1);
 }
+// A sequence's cache inside a bigger one (a pool, nano.h's KVPool): positions base, base + 1, ... of
+// every (layer, kv head) plane, addressed from 0. The view shares the planes (capacity stays their
+// stride); its owner keeps within the positions it was given.
+HOST_DEVICE static inline KVCache kv_view(const KVCache *kv, int base) {
+    KVCache v = *kv;
+    v.k += (size_t)base * kv_row_bytes(kv, 0, 0), v.k_aux += (size_t)base * kv_row_bytes(kv, 0, 1);
+    v.v += (size_t)base * kv_row_bytes(kv, 1, 0), v.v_aux += (size_t)base * kv_row_bytes(kv, 1, 1);
+    return v;
+}
 HOST_DEVICE static inline const int16_t *kv_wide_at(const KVCache *kv, int part, int layer, int head) {
     int n = kv_part_wide(kv, part);
     return n ? kv->wide + ((size_t)layer * kv->n_kv_heads + head) * n : NULL;

@@ -25,6 +25,9 @@
 #define DEFAULT_CTX 4096
 #define DEFAULT_BATCH 128
 #define DEFAULT_N_PREDICT 256
+#define DEFAULT_PARALLEL 32     // -f on the GPU: sequences decoding together
+#define MAX_PARALLEL 256
+#define MAX_POOL (1 << 30)      // positions of a KV pool
 #define BATCH_FAILED 3  // exit status of -f when some prompts failed (their results carry the error)
 
 // The sampling settings, as flags and as keys of a batch JSON line, with their ranges and their field.
@@ -65,6 +68,8 @@ typedef struct {
     int ctx;     // 0: default
     int stride;  // perplexity; 0: ctx / 2
     int batch;
+    int parallel;  // -f: sequences at once; 0 picks
+    int kv_pool;   // -f with --parallel: positions of the shared KV pool; 0: parallel x ctx (or what fits)
     double sampling[N_SETTINGS];  // the flags of settings[]; NAN: not given, so generation_config.json decides
     int64_t seed;         // -1: random, drawn once at start
     const char **stops;   // --stop strings, in order given
@@ -98,6 +103,10 @@ static void usage(FILE *out) {
             "                          repeat_penalty, stop; results as JSON lines; exit status %d when some prompts failed\n"
             "  -o, --output PATH       where -f writes its JSON lines (default: stdout)\n"
             "      --resume            -f: keep the results already in -o and run only the prompts missing there\n"
+            "  -np, --parallel N       -f: decode up to N prompts together, each in its own part of a shared KV pool\n"
+            "                          of N x -c positions (on the GPU: as many as fit); default %d on the GPU, 1 otherwise\n"
+            "      --kv-pool N         -f --parallel: the KV pool's size in positions; a prompt waits until its prompt and\n"
+            "                          reply (-n) fit in what is free\n"
             "      --perplexity PATH   perplexity of a text file, in windows of -c tokens moved by --stride\n"
             "      --stride N          --perplexity window step (default: half of -c)\n"
             "      --tokenize TEXT     print TEXT's token ids and exit (needs only tokenizer.json)\n"
@@ -137,7 +146,7 @@ static void usage(FILE *out) {
             "  -q, --quiet             no sampling-settings, timings, batch or perplexity progress lines on stderr\n"
             "      --version           version, commit, and whether the GPU engine is compiled in\n"
             "  -h, --help              this text\n",
-            BATCH_FAILED, DEFAULT_N_PREDICT, DEFAULT_CTX, DEFAULT_BATCH, sysconf(_SC_NPROCESSORS_ONLN));
+            BATCH_FAILED, DEFAULT_PARALLEL, DEFAULT_N_PREDICT, DEFAULT_CTX, DEFAULT_BATCH, sysconf(_SC_NPROCESSORS_ONLN));
 }
 
 // The value after a flag; NULL when the flag was the last argument.
@@ -227,6 +236,8 @@ static void parse_args(Options *o, int argc, char **argv) {
             else if (is_flag(a, "-c", "--ctx")) o->ctx = (int)parse_long(a, v, 1, 1 << 24);
             else if (!strcmp(a, "--stride")) o->stride = (int)parse_long(a, v, 1, 1 << 24);
             else if (is_flag(a, "-b", "--batch")) o->batch = (int)parse_long(a, v, 1, 1 << 16);
+            else if (is_flag(a, "-np", "--parallel")) o->parallel = (int)parse_long(a, v, 1, MAX_PARALLEL);
+            else if (!strcmp(a, "--kv-pool")) o->kv_pool = (int)parse_long(a, v, 1, MAX_POOL);
             else if ((k = setting_index(a, 1)) >= 0) {
                 const Setting *t = &settings[k];
                 o->sampling[k] = t->integer ? parse_long(a, v, (long)t->lo, (long)t->hi) : parse_float(a, v, (float)t->lo, (float)t->hi);
@@ -254,6 +265,8 @@ static void parse_args(Options *o, int argc, char **argv) {
     if (modes > 1) fatal("choose one of -p, -i, -f, --perplexity, --tokenize, --tokenize-file and --prompt-ids");
     if (o->out && !o->file) fatal("-o names the results file of -f; there is no -f");
     if (o->resume && !o->out) fatal("--resume needs -o: it continues the results file of an earlier run");
+    if (o->parallel && !o->file) fatal("--parallel sets how many prompts of -f run together; there is no -f");
+    if (o->kv_pool && (!o->file || o->parallel == 1)) fatal("--kv-pool sizes the KV pool of -f's --parallel sequences; there is %s", o->file ? "--parallel 1" : "no -f");
     if (o->dump_logits && !o->prompt_ids) fatal("--dump-logits works with --prompt-ids");
     if (o->check && !o->prompt_ids) fatal("--check works with --prompt-ids");
     if (o->n_stops && o->print_ids) fatal("--stop matches generated text; it does not combine with --print-ids");
@@ -313,7 +326,8 @@ typedef struct {
     Tokenizer *tok;      // NULL when the model directory has no tokenizer.json
     ChatTemplate chat;
     Sampler sampler;
-    int ctx;
+    int ctx;             // positions a sequence may hold
+    int n_seqs;          // sequences the engine serves at once (-f --parallel)
     int *tokens;         // [ctx] the ids in the KV cache
     int pos;             // how many
     Picker next;         // the last token fed's logits (or their ranking), and the pick from them
@@ -347,18 +361,28 @@ static Tokenizer *load_tokenizer(const char *dir, int required) {
 // The KV format: --kv, else the model's default.
 static KVFormat kv_format_of(const Options *o, const Config *c) { return o->kv == KV_N_FORMATS ? kv_default(c) : o->kv; }
 
-static Engine *open_engine(const Options *o, const Model *m, int ctx, KVFormat kv) {
+// n_seqs (NULL: one): how many sequences the engine serves at once (-f's --parallel); *n_seqs 0 picks,
+// DEFAULT_PARALLEL on the GPU and 1 on the reference path (which runs rows one after another anyway),
+// and *n_seqs gets the choice. Several sequences share a KV pool of n_seqs x ctx positions, or on the
+// GPU as many as fit, if fewer.
+static Engine *open_engine(const Options *o, const Model *m, int ctx, KVFormat kv, int *n_seqs) {
+    char why[512];
+    int gpu = 0;
     if (!o->force_ref) {
-        char why[512];
-        int n_gpus = cuda_device_count(why, sizeof why);
-        if (n_gpus == 0) fprintf(stderr, "nano: no CUDA GPU (%s); using the reference path\n", why);
-        else {
-            Engine *e = cuda_engine_create(m, ctx, kv, o->batch, o->wo_split, why, sizeof why);
-            if (!e) fatal("GPU engine: %s; add --ref to run on the reference path", why);
-            return e;
-        }
+        gpu = cuda_device_count(why, sizeof why) > 0;
+        if (!gpu) fprintf(stderr, "nano: no CUDA GPU (%s); using the reference path\n", why);
     }
-    return ref_engine_create(m, ctx, kv, o->batch);
+    int n = !n_seqs ? 1 : *n_seqs ? *n_seqs : gpu ? DEFAULT_PARALLEL : 1;
+    long long want = n == 1 ? ctx : o->kv_pool ? o->kv_pool : (long long)n * ctx;
+    int pool = want < MAX_POOL ? (int)want : MAX_POOL;
+    Engine *e;
+    if (gpu) {
+        e = cuda_engine_create(m, n > 1 ? -pool : ctx, kv, o->batch, o->wo_split, why, sizeof why);
+        if (!e) fatal("GPU engine: %s; add --ref to run on the reference path", why);
+    } else e = ref_engine_create(m, pool, kv, o->batch);
+    if (n > 1 && e->seqs(e, n, why, sizeof why)) fatal("--parallel %d: %s", n, why);
+    if (n_seqs) *n_seqs = n;
+    return e;
 }
 
 // --check: the GPU engine against the reference, layer by layer, on the --prompt-ids tokens.
@@ -397,7 +421,8 @@ static void session_open(Session *s, const Options *o, int need_tokenizer) {
     s->kv = kv_format_of(o, c);
     long cores = sysconf(_SC_NPROCESSORS_ONLN);
     ref_set_threads(o->threads ? o->threads : cores > 0 ? (int)cores : 1);
-    s->engine = open_engine(o, &s->m, s->ctx, s->kv);
+    s->n_seqs = o->file ? o->parallel : 1;
+    s->engine = open_engine(o, &s->m, s->ctx, s->kv, &s->n_seqs);
     s->tokens = xmalloc((size_t)s->ctx * sizeof *s->tokens);
     // Never sample an id the tokenizer cannot print: the embedding usually has padding rows past it.
     int n_ids = s->tok && tokenizer_n_ids(s->tok) < c->vocab ? tokenizer_n_ids(s->tok) : c->vocab;
@@ -430,14 +455,14 @@ static void session_close(Session *s) {
 // Appends ids to the cache and runs them, leaving the last one's logits (and every position's in
 // all_logits, n x vocab, when not NULL). Returns 0, or -1 with err set when they do not fit or an id is
 // outside the embedding (nothing is run then).
-static int session_feed(Session *s, const int *ids, int n, float *all_logits, char *err, size_t errlen) {
-    if (n == 0 && s->pos == 0) {  // nothing to compute logits from
+// Whether ids[0..n) can follow pos tokens of a context: 0, or -1 with err saying why not.
+static int tokens_fit(const Session *s, const int *ids, int n, int pos, char *err, size_t errlen) {
+    if (n == 0 && pos == 0) {  // nothing to compute logits from
         snprintf(err, errlen, "the prompt is empty (0 tokens)");
         return -1;
     }
-    if (n == 0) return 0;
-    if (s->pos + n > s->ctx) {
-        snprintf(err, errlen, "%d prompt tokens do not fit: %d of the context's %d are in use (-c)", n, s->pos, s->ctx);
+    if (pos + n > s->ctx) {
+        snprintf(err, errlen, "%d prompt tokens do not fit: %d of the context's %d are in use (-c)", n, pos, s->ctx);
         return -1;
     }
     for (int i = 0; i < n; i++)
@@ -445,6 +470,12 @@ static int session_feed(Session *s, const int *ids, int n, float *all_logits, ch
             snprintf(err, errlen, "token id %d is outside the model's vocabulary of %d", ids[i], s->m.cfg.vocab);
             return -1;
         }
+    return 0;
+}
+
+static int session_feed(Session *s, const int *ids, int n, float *all_logits, char *err, size_t errlen) {
+    if (tokens_fit(s, ids, n, s->pos, err, errlen)) return -1;
+    if (n == 0) return 0;
     size_t V = (size_t)s->m.cfg.vocab;
     if (all_logits) {
         s->engine->forward(s->engine, ids, n, s->pos, all_logits, 1);
@@ -557,10 +588,22 @@ static void sink_finish(Sink *k) {
     k->held_len = 0;
 }
 
+// One generated id into a reply: the stop token ends it, unprinted (ids mode shows it); any other id
+// is printed, and ends the reply when a stop string completes or the context is full. Returns how
+// the reply finished, or -1 when it goes on.
+static int reply_take(const Session *s, Sink *out, GenStats *st, int id, int context_full) {
+    st->n_gen++;
+    if (is_eos(&s->m.cfg, id)) {
+        if (out->print_ids) sink_token(out, s->tok, id);
+        return FINISH_STOP;
+    }
+    sink_token(out, s->tok, id);
+    return out->stopped ? FINISH_STOP : context_full ? FINISH_CONTEXT : -1;
+}
+
 // Generates up to n_predict tokens after what the cache holds. The stop token ends the reply and is
 // neither printed nor fed; every other token is printed and fed.
 static Finish session_generate(Session *s, int n_predict, Sink *out, GenStats *st) {
-    const Config *c = &s->m.cfg;
     double t0 = now_seconds();
     Finish finish = FINISH_LENGTH;
     for (int n = 0; n < n_predict; n++) {
@@ -569,20 +612,9 @@ static Finish session_generate(Session *s, int n_predict, Sink *out, GenStats *s
             break;
         }
         int id = picker_sample(&s->next, s->tokens, s->pos);
-        if (is_eos(c, id)) {
-            finish = FINISH_STOP;
-            if (out->print_ids) sink_token(out, s->tok, id);  // ids mode shows the stop id too
-            st->n_gen++;
-            break;
-        }
-        sink_token(out, s->tok, id);
-        st->n_gen++;
-        if (out->stopped) {
-            finish = FINISH_STOP;
-            break;
-        }
-        if (s->pos == s->ctx) {
-            finish = FINISH_CONTEXT;
+        int f = reply_take(s, out, st, id, s->pos == s->ctx);
+        if (f >= 0) {
+            finish = (Finish)f;
             break;
         }
         picker_forward(&s->next, &id, 1, s->pos);
@@ -1246,82 +1278,234 @@ static void batch_prepare(Batch *b, const Options *o) {
     if (!b->out) fatal("-o %s: %s", o->out, strerror(errno));
 }
 
-// -f: every prompt from a fresh cache, in input order; each result written and flushed when done.
-// Returns 0 when every prompt succeeded, else BATCH_FAILED.
+// -f runs up to s->n_seqs prompts at a time (--parallel): each line becomes a sequence with its own
+// sampler, picker and extent of the KV pool; every step runs each sequence's next tokens (its whole
+// prompt when it starts, then one token), in one forward_seqs when there are several. Results go out
+// in input order, each line written and flushed as soon as the lines before it are.
+typedef struct {
+    long id;              // line number; 0: a free slot
+    uint64_t hash;        // of the line as read
+    BatchItem it;
+    Sink gen;
+    GenStats st;
+    char err[200];
+    double t0;
+    int *ids, n_ids;      // the prompt's ids until they have run
+    int base, pos;        // the extent of the KV pool (-1: none yet) and how many positions are in use
+    int next;             // the id to run next, once the prompt has run
+    Sampler sampler;      // the line's settings and seed (scratch shared with the session's)
+    Picker picker;
+    int *tokens;          // [ctx] the ids in its cache
+    long order;           // its place among the lines run, for writing results in input order
+} Seq;
+
+typedef struct {
+    char **line;          // [n] a result line, NULL until its sequence is done
+    long n, cap, written;
+} ResultQueue;
+
+static long results_add(ResultQueue *q) {
+    if (q->n == q->cap) {
+        q->cap = q->cap ? 2 * q->cap : 64;
+        q->line = realloc(q->line, (size_t)q->cap * sizeof *q->line);
+        if (!q->line) fatal("out of memory");
+    }
+    q->line[q->n] = NULL;
+    return q->n++;
+}
+
+// The finished result of q as one JSON line into its place; then every line whose turn has come to out.
+static void seq_result(Seq *q, ResultQueue *rq, FILE *out, const char *out_name) {
+    char *text = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&text, &len);
+    if (!f) fatal("out of memory");
+    fprintf(f, "{\"id\": %ld, \"line_hash\": \"%016llx\", \"prompt\": ", q->id, (unsigned long long)q->hash);
+    json_string(f, q->it.prompt ? q->it.prompt : "");
+    fprintf(f, ", \"output\": ");
+    json_string(f, q->gen.buf ? q->gen.buf : "");
+    fprintf(f, ", \"n_prompt_tokens\": %d, \"n_gen_tokens\": %d, \"finish_reason\": \"%s\", \"seed\": %llu, \"ms\": %.1f",
+            q->st.n_prompt, q->st.n_gen, q->err[0] ? "error" : finish_name[q->st.finish], (unsigned long long)q->it.seed,
+            (now_seconds() - q->t0) * 1e3);
+    if (q->err[0]) {
+        fprintf(f, ", \"error\": ");
+        json_string(f, q->err);
+    }
+    fprintf(f, "}\n");
+    if (fclose(f) != 0) fatal("out of memory");
+    rq->line[q->order] = text;
+    for (; rq->written < rq->n && rq->line[rq->written]; rq->written++) {
+        fputs(rq->line[rq->written], out);
+        out_check(out, out_name);
+        free(rq->line[rq->written]);
+    }
+}
+
+// A line of the prompts file into slot q: parsed and tokenized, or q->err set.
+static void seq_start(Session *s, const Options *o, const SamplerConfig *defaults, const LineReader *r, Seq *q, long order) {
+    q->id = r->no, q->hash = hash64(r->buf, r->len), q->order = order, q->t0 = now_seconds();
+    q->base = -1, q->pos = 0;
+    long nul = line_nul(r);
+    if (nul >= 0) {
+        snprintf(q->err, sizeof q->err, "NUL byte at byte offset %ld", nul);
+        q->it.prompt = strdup(r->buf);
+        return;
+    }
+    if (parse_batch_line(r->buf, o, defaults, &q->it, q->err, sizeof q->err)) return;
+    q->gen = (Sink){.stops = (const char *const *)q->it.stops, .n_stops = q->it.n_stops};
+    q->ids = prompt_tokens(s, o, q->it.system ? q->it.system : o->system, q->it.prompt, &q->n_ids, q->err, sizeof q->err);
+    if (!q->ids) return;
+    if (o->verbose_prompt) show_prompt(s, q->ids, q->n_ids);
+    if (tokens_fit(s, q->ids, q->n_ids, 0, q->err, sizeof q->err)) return;
+    q->st.n_prompt = q->n_ids;
+    q->sampler.c = q->it.sampling;
+    sampler_seed(&q->sampler, q->it.seed);
+}
+
+// The result of slot q written (in turn), and the slot freed.
+static void seq_end(Seq *q, KVPool *pool, ResultQueue *rq, FILE *out, const char *out_name) {
+    sink_finish(&q->gen);
+    seq_result(q, rq, out, out_name);
+    if (q->base >= 0) kv_pool_give(pool, q->base);
+    batch_item_free(&q->it);
+    free(q->gen.buf);
+    free(q->ids);
+    Sampler sampler = q->sampler;
+    Picker picker = q->picker;
+    int *tokens = q->tokens;
+    memset(q, 0, sizeof *q);
+    q->sampler = sampler, q->picker = picker, q->tokens = tokens;
+}
+
+// After a forward: the next id of slot q picked and taken into its reply; returns 1 when the reply is done.
+static int seq_pick(Session *s, Seq *q) {
+    if (q->it.n_predict == 0) {  // the prompt only
+        q->st.finish = FINISH_LENGTH;
+        return 1;
+    }
+    int id = picker_sample(&q->picker, q->tokens, q->pos);
+    int f = reply_take(s, &q->gen, &q->st, id, q->pos == s->ctx);
+    if (f < 0 && q->st.n_gen == q->it.n_predict) f = FINISH_LENGTH;
+    if (f >= 0) {
+        q->st.finish = (Finish)f;
+        return 1;
+    }
+    q->next = id;
+    return 0;
+}
+
+// -f: every prompt from a fresh cache of its own. Returns 0 when every prompt succeeded, else BATCH_FAILED.
 static int batch_mode(Session *s, const Options *o, Batch *b) {
     FILE *out = b->out;
     const char *out_name = o->out ? o->out : "stdout";
-    int progress = isatty(2) && !o->quiet, n_done = 0, n_err = 0, n_tok = 0;
+    int progress = isatty(2) && !o->quiet, n_done = 0, n_err = 0, N = s->n_seqs;
+    long n_tok = 0;
     for (long i = 1; i <= b->n_lines; i++) n_done += b->done[i];
     double t_start = now_seconds();
     int skipped = n_done;
     SamplerConfig defaults = s->sampler.c;
     char failed[64] = "";  // the first failing ids, for the summary
     show_settings(s, o->n_stops ? ", --stop; lines may override" : "; lines may override");
+    KVPool pool;
+    kv_pool_init(&pool, s->engine->capacity, N);
+    if (N > 1 && !o->quiet)
+        fprintf(stderr, "nano: batch: up to %d prompts at once in a KV pool of %d positions (%.2f GiB, %s)\n", N, pool.capacity,
+                (double)kv_bytes_per_token(s->kv, s->m.cfg.n_layers, s->m.cfg.n_kv_heads, s->m.cfg.head_dim, 0) * pool.capacity / 1073741824.0,
+                kv_format_name(s->kv));
+    Seq *seqs = xcalloc((size_t)N, sizeof *seqs);
+    for (int k = 0; k < N; k++) {
+        seqs[k].sampler = s->sampler;
+        picker_init(&seqs[k].picker, s->engine, &seqs[k].sampler, s->m.cfg.vocab);
+        seqs[k].tokens = xmalloc((size_t)s->ctx * sizeof *seqs[k].tokens);
+    }
+    SeqRow *rows = xcalloc((size_t)N, sizeof *rows);
+    TopLogits *tops = xcalloc((size_t)N, sizeof *tops);
+    int *row_seq = xcalloc((size_t)N, sizeof *row_seq);
+    ResultQueue rq = {0};
     LineReader r;
     open_prompts(&r, o->file);
-    while (line_next(&r)) {
-        long id = r.no;
-        if (is_blank(r.buf, r.len) || (id <= b->n_lines && b->done[id])) continue;
-        BatchItem it = {0};
-        char err[200] = "";
-        GenStats st = {0};
-        double t0 = now_seconds();
-        long nul = line_nul(&r);
-        int parsed = 0;
-        if (nul >= 0) {
-            snprintf(err, sizeof err, "NUL byte at byte offset %ld", nul);
-            it.prompt = strdup(r.buf);
-        } else parsed = parse_batch_line(r.buf, o, &defaults, &it, err, sizeof err) == 0;
-        Sink gen = {.stops = (const char *const *)it.stops, .n_stops = it.n_stops};
-        if (parsed) {
-            int n;
-            int *ids = prompt_tokens(s, o, it.system ? it.system : o->system, it.prompt, &n, err, sizeof err);
-            if (ids && o->verbose_prompt) show_prompt(s, ids, n);
-            s->pos = 0;
-            s->sampler.c = it.sampling;
-            sampler_seed(&s->sampler, it.seed);
-            if (ids && session_feed(s, ids, n, NULL, err, sizeof err) == 0) {
-                st.n_prompt = n;
-                session_generate(s, it.n_predict, &gen, &st);
+    int lines_left = 1;
+    Seq *waiting = NULL;  // a prompt ready to start once the pool has room for it
+    for (;;) {
+        // Start prompts while slots are free and the pool has room, in input order.
+        while (lines_left) {
+            Seq *q = waiting;
+            if (!q) {
+                int k = 0;
+                while (k < N && seqs[k].id) k++;
+                if (k == N) break;
+                while ((lines_left = line_next(&r)) && (is_blank(r.buf, r.len) || (r.no <= b->n_lines && b->done[r.no]))) {}
+                if (!lines_left) break;
+                q = &seqs[k];
+                seq_start(s, o, &defaults, &r, q, results_add(&rq));
             }
-            free(ids);
+            waiting = NULL;
+            if (!q->err[0]) {
+                int need = q->n_ids + q->it.n_predict < s->ctx ? q->n_ids + q->it.n_predict : s->ctx;
+                if (need > pool.capacity)
+                    snprintf(q->err, sizeof q->err, "the prompt and its reply need %d positions; the KV pool holds %d (--kv-pool, or -c x --parallel)",
+                             need, pool.capacity);
+                else if ((q->base = kv_pool_take(&pool, need)) < 0) {
+                    waiting = q;  // the lines after it wait too
+                    break;
+                }
+            }
+            if (q->err[0]) {
+                if (n_err < 5) snprintf(failed + strlen(failed), sizeof failed - strlen(failed), "%s%ld", n_err ? ", " : "", q->id);
+                n_err++, n_done++;
+                seq_end(q, &pool, &rq, out, out_name);
+            }
         }
-        fprintf(out, "{\"id\": %ld, \"line_hash\": \"%016llx\", \"prompt\": ", id, (unsigned long long)hash64(r.buf, r.len));
-        json_string(out, it.prompt ? it.prompt : "");
-        fprintf(out, ", \"output\": ");
-        json_string(out, gen.buf ? gen.buf : "");
-        fprintf(out, ", \"n_prompt_tokens\": %d, \"n_gen_tokens\": %d, \"finish_reason\": \"%s\", \"seed\": %llu, \"ms\": %.1f",
-                st.n_prompt, st.n_gen, err[0] ? "error" : finish_name[st.finish], (unsigned long long)it.seed,
-                (now_seconds() - t0) * 1e3);
-        if (err[0]) {
-            fprintf(out, ", \"error\": ");
-            json_string(out, err);
-            if (n_err < 5) snprintf(failed + strlen(failed), sizeof failed - strlen(failed), "%s%ld", n_err ? ", " : "", id);
-            n_err++;
+        // One step: the prompts that start, and one token of every other sequence.
+        int n_rows = 0;
+        for (int k = 0; k < N; k++) {
+            Seq *q = &seqs[k];
+            if (!q->id || q->base < 0) continue;
+            int prompt = q->pos == 0;
+            rows[n_rows] = (SeqRow){.seq = k, .base = q->base, .ids = prompt ? q->ids : &q->next, .n = prompt ? q->n_ids : 1, .pos = q->pos};
+            row_seq[n_rows++] = k;
         }
-        fprintf(out, "}\n");
-        out_check(out, out_name);
-        batch_item_free(&it);
-        free(gen.buf);
-        n_done++;
-        n_tok += st.n_prompt + st.n_gen;
+        if (!n_rows) break;
+        double t0 = now_seconds();
+        if (N > 1) s->engine->forward_seqs(s->engine, rows, n_rows, s->sampler.n_ids, tops);
+        else picker_forward(&seqs[row_seq[0]].picker, rows[0].ids, rows[0].n, rows[0].pos);
+        double dt = now_seconds() - t0;
+        for (int i = 0; i < n_rows; i++) {
+            Seq *q = &seqs[row_seq[i]];
+            const SeqRow *w = &rows[i];
+            if (N > 1) picker_set_row(&q->picker, &tops[i], i, w->pos + w->n - 1);
+            memcpy(q->tokens + q->pos, w->ids, (size_t)w->n * sizeof *w->ids);
+            q->pos += w->n;
+            if (w->pos == 0) q->st.prompt_s += dt, n_tok += w->n;
+            else q->st.gen_s += dt;
+            int before = q->st.n_gen, done = seq_pick(s, q);
+            n_tok += q->st.n_gen - before;
+            if (!done) continue;
+            n_done++;
+            seq_end(q, &pool, &rq, out, out_name);
+        }
         if (progress) {
-            double dt = now_seconds() - t_start;
+            double el = now_seconds() - t_start;
             int ran = n_done - skipped;
-            fprintf(stderr, "\rnano: %d/%d prompts, %.1f tok/s, ETA %.0f s   ", n_done, b->total, dt > 0 ? n_tok / dt : 0.0,
-                    ran ? dt / ran * (b->total - n_done) : 0.0);
+            fprintf(stderr, "\rnano: %d/%d prompts, %.1f tok/s, ETA %.0f s   ", n_done, b->total, el > 0 ? n_tok / el : 0.0,
+                    ran ? el / ran * (b->total - n_done) : 0.0);
         }
     }
     lines_close(&r);
     if (progress) fprintf(stderr, "\n");
     double dt = now_seconds() - t_start;
-    fprintf(stderr, "nano: %d prompts done (%d skipped as already in %s), %d errors, %d tokens in %.1f s\n", n_done - skipped,
+    fprintf(stderr, "nano: %d prompts done (%d skipped as already in %s), %d errors, %ld tokens in %.1f s\n", n_done - skipped,
             skipped, o->out ? o->out : "the output", n_err, n_tok, dt);
     if (n_err)
         fprintf(stderr, "nano: %d of %d prompts failed (id %s%s); their results say why in \"error\"; exit status %d\n", n_err,
                 n_done - skipped, failed, n_err > 5 ? ", ..." : "", BATCH_FAILED);
     if (out != stdout && fclose(out) != 0) fatal("-o %s: write failed: %s", o->out, strerror(errno));
+    for (int k = 0; k < N; k++) {
+        picker_free(&seqs[k].picker);
+        free(seqs[k].tokens);
+    }
+    free(seqs), free(rows), free(tops), free(row_seq), free(rq.line);
+    kv_pool_free(&pool);
     free(b->done);
     free(b->hash);
     return n_err ? BATCH_FAILED : 0;
@@ -1348,7 +1532,7 @@ static void perplexity_mode(Session *s, const Options *o) {
     // Quality of a KV format: the same windows through the exact cache (f32, reference path) or, on the
     // GPU, bf16; llama-perplexity --kl-divergence's figures against it.
     KVFormat base_kv = strcmp(s->engine->name, "ref") ? KV_BF16 : KV_F32;
-    Engine *base = s->kv == base_kv ? NULL : open_engine(o, &s->m, s->ctx, base_kv);
+    Engine *base = s->kv == base_kv ? NULL : open_engine(o, &s->m, s->ctx, base_kv, NULL);
     float *logits = xmalloc((size_t)B * V * sizeof(float)), *base_logits = base ? xmalloc((size_t)B * V * sizeof(float)) : NULL;
     double nll = 0, base_nll = 0, kld = 0, max_kld = 0, t0 = now_seconds();
     int scored = 0, scored_end = 1, same_top = 0;  // the first token is never predicted

@@ -221,6 +221,20 @@ void kv_write(const KVCache *kv, int part, int layer, int head, int pos, const f
 void kv_read(const KVCache *kv, int part, int layer, int head, int pos, float *dst);
 void kv_hadamard(float *x, int D);  // the normalized Walsh-Hadamard rotation, in place (D a power of two)
 
+// A pool of positions shared by sequences (batched generation): each sequence holds one extent, a run
+// of positions of the engine's cache (kv_view), from the first gap that fits. A short prompt takes a
+// short extent, so short and long prompts share the memory.
+typedef struct {
+    int capacity;      // positions in all
+    int n, max;        // extents in use, and room for max of them
+    int *start, *len;  // [max] the extents in use, in order of start
+} KVPool;
+void kv_pool_init(KVPool *p, int capacity, int max_extents);
+void kv_pool_free(KVPool *p);
+int kv_pool_take(KVPool *p, int n);          // the start of n free positions (n >= 1), or -1 when no gap fits now
+void kv_pool_give(KVPool *p, int start);     // the extent that starts there is free again (fatal for an unknown one)
+int kv_pool_used(const KVPool *p);           // positions held
+
 // ---------------------------------------------------------------------------------------------
 // The reference engine (ref.c)
 
@@ -279,6 +293,15 @@ typedef struct {
     float bad_logit;
 } TopLogits;
 
+// A row of a batched forward: ids[0..n) at positions pos.. of one sequence, whose cache is the extent of
+// the engine's cache that starts at position base (kv_view; a KVPool hands the extents out).
+typedef struct {
+    int seq;  // 0 .. n_seqs - 1: the sequence's row of the batch, the same for its whole life
+    int base;
+    const int *ids;
+    int n, pos;
+} SeqRow;
+
 typedef struct Engine Engine;
 struct Engine {
     const char *name;  // "ref" or "cuda", for the timings line
@@ -291,7 +314,16 @@ struct Engine {
     // when asked, until the next forward. Sampling on the host then costs a few hundred bytes a token.
     void (*forward_top)(Engine *e, const int *ids, int n, int pos, int n_ids, TopLogits *top);
     void (*last_logits)(Engine *e, float *logits);
+    // Batched generation: seqs(e, n) readies the engine for up to n sequences in its cache (0, or -1 with
+    // the reason in why). forward_seqs runs every row in its own sequence's extent and ranks each row's
+    // last logits over ids [0, n_ids) into tops[r]; row_logits copies row r's whole (vocab floats) until
+    // the next forward_seqs. No row's logits depend on the other rows of the step, nor on their number.
+    // forward and forward_seqs share the cache: an engine serves one or the other.
+    int (*seqs)(Engine *e, int n_seqs, char *why, size_t whylen);
+    void (*forward_seqs)(Engine *e, const SeqRow *rows, int n_rows, int n_ids, TopLogits *tops);
+    void (*row_logits)(Engine *e, int row, float *logits);
     void (*free)(Engine *e);
+    int capacity;  // positions its KV cache holds
 };
 
 // max_batch: tokens per prefill chunk; capacity: KV cache size in tokens.
@@ -353,11 +385,15 @@ typedef struct {
     float *logits;   // [vocab]: the last forward's, when they came back whole (on_engine is 0)
     TopLogits top;   // the last forward's candidates, when the logits stayed on the engine
     int on_engine;
+    int row;         // the candidates are row `row` of a forward_seqs (its logits: row_logits), or -1
 } Picker;
 void picker_init(Picker *p, Engine *e, Sampler *s, int vocab);  // p->logits is malloc'd
 void picker_free(Picker *p);
 void picker_forward(Picker *p, const int *ids, int n, int pos);
 void picker_set_logits(Picker *p, const float *logits);  // the next pick from these (a forward the caller ran)
+// The next pick from row `row` of the forward_seqs the caller ran (top: its candidates; pos: the row's
+// last position, for the message about a non-finite logit).
+void picker_set_row(Picker *p, const TopLogits *top, int row, int pos);
 int picker_sample(Picker *p, const int *history, int n_history);
 // Garbage must never be printed silently: fatal at the first non-finite value of rows x vocab logits,
 // the rows being positions first_pos, first_pos + 1, ...

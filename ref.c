@@ -326,7 +326,38 @@ typedef struct {
     const Model *m;
     RefState *s;
     KVCache kv;
+    int n_seqs;
+    float *row_logits;  // [n_seqs][vocab] the last forward_seqs' rows
 } RefEngine;
+
+static int ref_engine_seqs(Engine *e, int n_seqs, char *why, size_t whylen) {
+    RefEngine *r = (RefEngine *)e;
+    (void)why, (void)whylen;
+    free(r->row_logits);
+    r->n_seqs = n_seqs;
+    r->row_logits = xmalloc((size_t)n_seqs * r->m->cfg.vocab * sizeof(float));
+    return 0;
+}
+
+// The rows one after another, each in its sequence's view of the cache.
+static void ref_engine_forward_seqs(Engine *e, const SeqRow *rows, int n_rows, int n_ids, TopLogits *tops) {
+    RefEngine *r = (RefEngine *)e;
+    size_t V = (size_t)r->m->cfg.vocab;
+    if (n_rows > r->n_seqs) fatal("reference engine: %d rows for %d sequences", n_rows, r->n_seqs);
+    for (int i = 0; i < n_rows; i++) {
+        const SeqRow *w = &rows[i];
+        if (w->n < 1 || w->base < 0 || w->pos < 0 || (long)w->base + w->pos + w->n > r->kv.capacity)
+            fatal("reference engine: row of %d tokens at %d+%d beyond the KV cache of %d", w->n, w->base, w->pos, r->kv.capacity);
+        KVCache view = kv_view(&r->kv, w->base);
+        ref_forward(r->s, r->m, &view, w->ids, w->n, w->pos, r->row_logits + i * V, 0);
+        top_logits(r->row_logits + i * V, (int)V, n_ids, &tops[i]);
+    }
+}
+
+static void ref_engine_row_logits(Engine *e, int row, float *logits) {
+    RefEngine *r = (RefEngine *)e;
+    memcpy(logits, r->row_logits + (size_t)row * r->m->cfg.vocab, (size_t)r->m->cfg.vocab * sizeof(float));
+}
 
 static void ref_engine_forward(Engine *e, const int *ids, int n, int pos, float *logits, int all_logits) {
     RefEngine *r = (RefEngine *)e;
@@ -337,6 +368,7 @@ static void ref_engine_free(Engine *e) {
     RefEngine *r = (RefEngine *)e;
     ref_free(r->s);
     kv_free(&r->kv);
+    free(r->row_logits);
     free(r);
 }
 
@@ -351,6 +383,10 @@ Engine *ref_engine_create(const Model *m, int capacity, KVFormat kv, int max_bat
     r->base.name = "ref";
     r->base.forward = ref_engine_forward;
     r->base.free = ref_engine_free;
+    r->base.seqs = ref_engine_seqs;
+    r->base.forward_seqs = ref_engine_forward_seqs;
+    r->base.row_logits = ref_engine_row_logits;
+    r->base.capacity = capacity;
     r->m = m;
     r->s = ref_create(m, max_batch, capacity);
     int16_t *wide;

@@ -258,7 +258,15 @@ void picker_forward(Picker *p, const int *ids, int n, int pos) {
         return;
     }
     p->e->forward_top(p->e, ids, n, pos, p->s->n_ids, &p->top);
+    p->row = -1;
     if (p->top.bad_id >= 0) bad_logit(p->top.bad_logit, (size_t)p->top.bad_id, last);
+}
+
+void picker_set_row(Picker *p, const TopLogits *top, int row, int pos) {
+    if (top->bad_id >= 0) bad_logit(top->bad_logit, (size_t)top->bad_id, pos);
+    p->top = *top;
+    p->row = row;
+    p->on_engine = 1;
 }
 
 void picker_set_logits(Picker *p, const float *logits) {
@@ -270,7 +278,8 @@ int picker_sample(Picker *p, const int *history, int n_history) {
     if (p->on_engine) {
         int id = sampler_sample_top(p->s, &p->top, history, n_history);
         if (id >= 0) return id;
-        p->e->last_logits(p->e, p->logits);  // the candidates could not decide: all of them, then
+        if (p->row >= 0) p->e->row_logits(p->e, p->row, p->logits);  // the candidates could not decide: all of them, then
+        else p->e->last_logits(p->e, p->logits);
         p->on_engine = 0;
     }
     return sampler_sample(p->s, p->logits, history, n_history);

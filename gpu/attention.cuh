@@ -209,4 +209,42 @@ __device__ void stage_attention(const DecodeParams &p, int layer, int pos, float
         attention_unit<HP, Codecs<FMT>::k, Codecs<FMT>::v, FMT != KV_BF16 && FMT != KV_KV4H>(p, layer, u / nc, u % nc, CL, pos + 1, nc, sm);
 }
 
+// Batched decode: block (kv head, row) attends for row blockIdx.y of the batch over positions
+// 0..pos of its own sequence (state: [n_seqs] ids, [n_seqs] positions (-1: none), [n_seqs] extent
+// bases), in one chunk: the decode stage's unit, reading q and writing o at the row's place; then
+// its heads' output as the o_proj GEMM's operands (hi [n_seqs][QD], then lo).
+template <int HP, int FMT>
+__global__ void __launch_bounds__(NT) kernel_attn_rows(const __grid_constant__ DecodeParams p, const int *state, int layer, uint16_t *hi) {
+    extern __shared__ float4 smem_rows[];
+    const int r = blockIdx.y, M = gridDim.y, pos = state[M + r], QD = p.d.QD;
+    if (pos < 0) return;
+    DecodeParams pr = p;
+    pr.kv = kv_view(&p.kv, state[2 * M + r]);
+    pr.q = p.q + (size_t)r * QD;
+    pr.o = p.o + (size_t)r * QD;
+    attention_unit<HP, Codecs<FMT>::k, Codecs<FMT>::v, FMT != KV_BF16 && FMT != KV_KV4H>(pr, layer, blockIdx.x, 0, pos + 1, pos + 1, 1,
+                                                                                       (float *)smem_rows);
+    __syncthreads();  // the block's stores of o are visible to the whole block
+    const int n = p.d.gs * p.d.D;
+    for (int i = threadIdx.x; i < n; i += NT) {
+        size_t k = (size_t)r * QD + (size_t)blockIdx.x * n + i;
+        bf16_split(pr.o[(size_t)blockIdx.x * n + i], hi + k, hi + (size_t)M * QD + k);
+    }
+}
+
+template <int HP>
+static const void *attn_rows_kernel_hp(KVFormat f) {
+    switch (f) {
+    case KV_F16: return (const void *)kernel_attn_rows<HP, KV_F16>;
+    case KV_INT8: return (const void *)kernel_attn_rows<HP, KV_INT8>;
+    case KV_K8V4: return (const void *)kernel_attn_rows<HP, KV_K8V4>;
+    case KV_KV4H: return (const void *)kernel_attn_rows<HP, KV_KV4H>;
+    default: return (const void *)kernel_attn_rows<HP, KV_BF16>;
+    }
+}
+
+static const void *attn_rows_kernel(int hp, KVFormat f) {
+    return hp == 1 ? attn_rows_kernel_hp<1>(f) : hp == 2 ? attn_rows_kernel_hp<2>(f) : attn_rows_kernel_hp<4>(f);
+}
+
 #endif

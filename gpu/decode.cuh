@@ -62,7 +62,7 @@ __device__ __forceinline__ void stage_qkv(const DecodeParams &p, const DevLayer 
     __syncthreads();
     const int warp = threadIdx.x >> 5;
     for (int k = warp; k < min(n_fin, MAX_FIN); k += NW)
-        finish_head<FMT>(d, w, p.inv_freq, p.kv, p.qkv, fin[k], layer, pos, p.q, fscratch + warp * d.D);
+        finish_head<FMT>(d, w, p.inv_freq, p.kv, p.qkv, NULL, fin[k], layer, pos, p.q, fscratch + warp * d.D);
 }
 
 __device__ __forceinline__ void stage_split(const MapSplit &map, float *slots, int H) {

@@ -9,8 +9,9 @@ __global__ void kernel_embed(const uint16_t *embed, const int *ids, int H, float
     for (int i = threadIdx.x; i < H; i += blockDim.x) x[(size_t)blockIdx.x * H + i] = bf16_to_f32(row[i]);
 }
 
-// Row t (one block of 256): x += proj (+ bias) when proj is given, then RMSNorm into bf16 hi/lo.
-__global__ void kernel_add_norm(float *x, const float *proj, const float *bias, const float *w, int H, float eps,
+// Row t (one block of 256): x += proj (its hi products + lo products, + bias) when proj is given, then
+// RMSNorm into bf16 hi/lo.
+__global__ void kernel_add_norm(float *x, const float *proj, const float *proj_lo, const float *bias, const float *w, int H, float eps,
                                 uint16_t *hi, uint16_t *lo) {
     __shared__ float red[8];
     float *xr = x + (size_t)blockIdx.x * H;
@@ -18,7 +19,7 @@ __global__ void kernel_add_norm(float *x, const float *proj, const float *bias, 
     for (int i = threadIdx.x; i < H; i += blockDim.x) {
         float v = xr[i];
         if (proj) {
-            float pv = proj[(size_t)blockIdx.x * H + i];
+            float pv = proj[(size_t)blockIdx.x * H + i] + proj_lo[(size_t)blockIdx.x * H + i];
             if (bias) pv += bias[i];
             v += pv;
             xr[i] = v;
@@ -37,21 +38,32 @@ __global__ void kernel_add_norm(float *x, const float *proj, const float *bias, 
     }
 }
 
-// One warp per (token, head) of [Wq;Wk;Wv]'s output.
+// One warp per (token, head) of [Wq;Wk;Wv]'s output: token t at position pos + t of kv, or (batched
+// decode, row_pos given) at row_pos[t] of the extent of kv that starts at row_base[t] (none when -1).
 __global__ void kernel_qkv_finish(Dims d, const DevLayer *layers, int layer, const float *inv_freq, const KVCache kv,
-                                  const float *raw, int pos, int T, float *q) {
+                                  const float *raw, const float *raw_lo, int pos, int T, float *q, const int *row_pos, const int *row_base) {
     extern __shared__ float fs[];
     int warp = threadIdx.x >> 5, h = blockIdx.y * (blockDim.x >> 5) + warp, t = blockIdx.x;
     if (h >= d.NH || t >= T) return;
-    finish_head<-1>(d, layers[layer], inv_freq, kv, raw + (size_t)t * d.NQKV, h, layer, pos + t, q + (size_t)t * d.QD, fs + warp * d.D);
+    const int p = row_pos ? row_pos[t] : pos + t;
+    if (p < 0) return;
+    const KVCache view = row_pos ? kv_view(&kv, row_base[t]) : kv;
+    finish_head<-1>(d, layers[layer], inv_freq, view, raw + (size_t)t * d.NQKV, raw_lo + (size_t)t * d.NQKV, h, layer, p,
+                    q + (size_t)t * d.QD, fs + warp * d.D);
 }
 
-// gate/up [T][2I] -> SiLU(gate) * up [T][I] as bf16 hi/lo.
-__global__ void kernel_silu(const float *gu, int I, int T, uint16_t *hi, uint16_t *lo) {
+// x[0..n) += x[n..2n): a GEMM's hi products and lo products summed.
+__global__ void kernel_add_halves(float *x, size_t n) {
+    for (size_t k = blockIdx.x * (size_t)blockDim.x + threadIdx.x; k < n; k += (size_t)gridDim.x * blockDim.x) x[k] += x[n + k];
+}
+
+
+// gate/up [T][2I] (hi products + lo products) -> SiLU(gate) * up [T][I] as bf16 hi/lo.
+__global__ void kernel_silu(const float *gu, const float *gu_lo, int I, int T, uint16_t *hi, uint16_t *lo) {
     size_t n = (size_t)T * I;
     for (size_t k = blockIdx.x * (size_t)blockDim.x + threadIdx.x; k < n; k += (size_t)gridDim.x * blockDim.x) {
-        size_t t = k / I, i = k % I;
-        float v = silu(gu[t * 2 * I + i]) * gu[t * 2 * I + I + i];
+        size_t t = k / I, i = k % I, g = t * 2 * I + i;
+        float v = silu(gu[g] + gu_lo[g]) * (gu[g + I] + gu_lo[g + I]);
         bf16_split(v, hi + k, lo + k);
     }
 }

@@ -5,17 +5,22 @@
 
 // One head of the QKV output, by one warp: bias, then for q and k the per-head RMSNorm (Qwen3) and
 // RoPE; q goes to q_out (fp32), k and v into the cache at pos in its format. raw: the token's [NQKV]
-// projections; scratch: D floats of shared memory for this warp. Shared by the decode kernel and the
-// prefill path. FMT: the cache's format (a GPU format), or -1 for the one in kv.
+// projections (raw_lo: the prefill GEMM's lo products, added; NULL in decode); scratch: D floats of
+// shared memory for this warp. Shared by the decode kernel and the prefill path. FMT: the cache's
+// format (a GPU format), or -1 for the one in kv.
 template <int FMT>
-__device__ void finish_head(const Dims &d, const DevLayer &w, const float *inv_freq, const KVCache &kv, const float *raw, int h,
-                            int layer, int pos, float *q_out, float *scratch) {
+__device__ void finish_head(const Dims &d, const DevLayer &w, const float *inv_freq, const KVCache &kv, const float *raw,
+                            const float *raw_lo, int h, int layer, int pos, float *q_out, float *scratch) {
     const int D = d.D, lane = threadIdx.x & 31;
     bool rotated;  // the cache's keys are Hadamard-rotated
     if constexpr (FMT >= 0) rotated = Codecs<FMT>::k == KVC_Q4H;
     else rotated = kv_rotated(&kv);
     const float *b = w.bqkv ? w.bqkv + (size_t)h * D : NULL;
-    for (int i = lane; i < D; i += 32) scratch[i] = __ldcg(raw + (size_t)h * D + i) + (b ? b[i] : 0.0f);
+    for (int i = lane; i < D; i += 32) {
+        float v = __ldcg(raw + (size_t)h * D + i);
+        if (raw_lo) v += raw_lo[(size_t)h * D + i];
+        scratch[i] = v + (b ? b[i] : 0.0f);
+    }
     __syncwarp();
     int kind = h < d.Hq ? 0 : h < d.Hq + d.Hkv ? 1 : 2;
     if (kind == 2) {

@@ -32,12 +32,18 @@ __device__ void block_sort_desc(unsigned long long *k, int n) {
     __syncthreads();
 }
 
+// Several rows at once: blockIdx.y ranks row rows[blockIdx.y] of logits ([row][vocab]; rows NULL: row
+// 0), with its own part of kept, bad and out.
+
 // Block b ranks ids [b TOP_SLICE, (b + 1) TOP_SLICE): its best TOP_KEEP keys into kept[b][], the first
 // id of its slice with a non-finite logit (or INT_MAX) into bad[b].
-__global__ void __launch_bounds__(TOP_THREADS) kernel_top_slices(const float *logits, int vocab, int n_ids, unsigned long long *kept,
-                                                                 int *bad) {
+__global__ void __launch_bounds__(TOP_THREADS) kernel_top_slices(const float *logits, const int *rows, int vocab, int n_ids,
+                                                                 unsigned long long *kept, int *bad) {
     __shared__ unsigned long long k[TOP_SLICE];
     __shared__ int first_bad;
+    logits += (size_t)(rows ? rows[blockIdx.y] : 0) * vocab;
+    kept += (size_t)blockIdx.y * gridDim.x * TOP_KEEP;
+    bad += (size_t)blockIdx.y * gridDim.x;
     if (threadIdx.x == 0) first_bad = INT_MAX;
     __syncthreads();
     int base = blockIdx.x * TOP_SLICE;
@@ -58,9 +64,13 @@ __global__ void __launch_bounds__(TOP_THREADS) kernel_top_slices(const float *lo
 
 // One block: the best TOP_KEEP of the slices' n_slices x TOP_KEEP keys, TOP_SLICE at a time (the best
 // so far stay at the front), and the first non-finite logit.
-__global__ void __launch_bounds__(TOP_THREADS) kernel_top_merge(const float *logits, const unsigned long long *kept, const int *bad,
-                                                                int n_slices, TopResult *out) {
+__global__ void __launch_bounds__(TOP_THREADS) kernel_top_merge(const float *logits, const int *rows, int vocab,
+                                                                const unsigned long long *kept, const int *bad, int n_slices, TopResult *out) {
     __shared__ unsigned long long k[TOP_SLICE];
+    logits += (size_t)(rows ? rows[blockIdx.y] : 0) * vocab;
+    kept += (size_t)blockIdx.y * n_slices * TOP_KEEP;
+    bad += (size_t)blockIdx.y * n_slices;
+    out += blockIdx.y;
     int total = n_slices * TOP_KEEP;
     for (int done = 0, front = 0; done < total; front = TOP_KEEP) {
         int take = min(total - done, TOP_SLICE - front);

@@ -176,7 +176,41 @@ static void test_wide_channels(void) {
     check(kv_wide_channels(&m, KV_INT8, &ch) == 0 && !ch, "small biases make no wide channels");
 }
 
+// The pool's extents: first fit, gaps reused, -1 when no gap fits or every extent is in use; and a
+// view's rows are the pool's rows past its base.
+static void test_pool(void) {
+    KVPool p;
+    kv_pool_init(&p, 100, 5);
+    int a = kv_pool_take(&p, 30), b = kv_pool_take(&p, 30), c = kv_pool_take(&p, 30);
+    check(a == 0 && b == 30 && c == 60 && kv_pool_used(&p) == 90, "pool: extents one after another (%d %d %d)", a, b, c);
+    check(kv_pool_take(&p, 11) == -1 && kv_pool_take(&p, 0) == -1, "pool: no gap of 11 in the last 10 positions");
+    kv_pool_give(&p, b);
+    int d = kv_pool_take(&p, 20), e = kv_pool_take(&p, 10), f = kv_pool_take(&p, 10);
+    check(d == 30 && e == 50 && f == 90 && p.n == 5, "pool: the freed gap is taken first, then the end (%d %d %d)", d, e, f);
+    check(kv_pool_take(&p, 1) == -1, "pool: every position held, by as many extents as it has room for");
+    kv_pool_give(&p, a), kv_pool_give(&p, e);
+    int g = kv_pool_take(&p, 31);
+    check(g == -1 && kv_pool_used(&p) == 60, "pool: 40 positions free but in gaps of 30 and 10: no extent of 31 (%d)", g);
+    kv_pool_give(&p, d);
+    check(kv_pool_take(&p, 60) == 0 && p.n == 3, "pool: gaps next to each other make one");
+    kv_pool_free(&p);
+
+    Config cfg = {.n_layers = 2, .n_kv_heads = 2, .head_dim = 32};
+    KVCache kv;
+    kv_init(&kv, &cfg, 50, KV_INT8, 0, NULL);
+    KVCache v = kv_view(&kv, 20);
+    int same = 1;
+    for (int part = 0; part < 2; part++)
+        for (int l = 0; l < 2; l++)
+            for (int h = 0; h < 2; h++)
+                same &= kv_data_at(&v, part, l, h, 7) == kv_data_at(&kv, part, l, h, 27) &&
+                        kv_aux_at(&v, part, l, h, 7) == kv_aux_at(&kv, part, l, h, 27);
+    check(same, "kv_view: position 7 of a view at 20 is position 27 of the pool, in every plane");
+    kv_free(&kv);
+}
+
 void test_kv(void) {
+    test_pool();
     test_f16_rounding();
     test_sizes();
     test_codecs();

@@ -437,6 +437,73 @@ static void test_batch_keys(const char *nano) {
     run_free(&g);
 }
 
+// -f with --parallel: several prompts decode together, each in its own extent of the KV pool; the
+// results equal --parallel 1's, line for line (outputs, token counts, errors), in input order, also
+// when prompts wait for room in a small pool; a prompt that can never fit is its line's error.
+static void test_batch_parallel(const char *nano) {
+    char prompts[600], one[600];
+    snprintf(prompts, sizeof prompts, "%s", tmp_path("parallel.txt"));
+    snprintf(one, sizeof one, "%s", tmp_path("parallel1.txt"));
+    const char *same = "{\"prompt\": \"Call me Ishmael.\", \"temperature\": 0.9, \"top_k\": 0, \"seed\": 4, \"n_predict\": 9}\n";
+    char text[1400];
+    snprintf(text, sizeof text,
+             "It is a truth universally acknowledged\n"
+             "%s"
+             "{\"prompt\": 42}\n"
+             "In the beginning\n"
+             "{\"prompt\": \"Whan that Aprille\", \"n_predict\": 2}\n"
+             "{\"prompt\": \"Of man's first disobedience\", \"temperature\": 0, \"repeat_penalty\": 1.3, \"n_predict\": 20}\n"
+             "{\"prompt\": \"To be\", \"n_predict\": 0}\n"
+             "{\"prompt\": \"It was the best of times\", \"top_k\": 3, \"seed\": 77}\n",
+             same);
+    write_text(prompts, text);
+    write_text(one, same);
+    Result base[10], got[10];
+    int n_base = 0;
+    const char *runs[][5] = {{"1", NULL}, {"3", NULL}, {"8", NULL}, {"3", "--kv-pool", "40", NULL}, {"3", "--kv-pool", "12", NULL}};
+    for (int k = 0; k < 5; k++) {
+        char *out = tmp_path("parallel.jsonl");
+        char *args[20] = {"-m", TINY, "-f", (char *)prompts, "-o", out, "-n", "12", "-c", "48", "--raw", "--ref", "-s", "2", "--parallel"};
+        int a = 15;
+        for (int i = 0; runs[k][i]; i++) args[a++] = (char *)runs[k][i];
+        Run r = run_nano(nano, args, NULL);
+        Result *res = k ? got : base;
+        int n = read_results(out, res, 10);
+        if (k == 0) {
+            n_base = n;
+            check(r.status == 3 && n == 8 && res[0].n_gen == 12 && res[4].n_gen == 2 && res[6].n_gen == 0 && !strcmp(res[6].finish, "length"),
+                  "%s -f --parallel 1: 8 results, one error: %s", nano, r.err);
+        } else if (k < 4) {
+            int ok = r.status == 3 && n == n_base;
+            for (int i = 0; i < n && ok; i++)
+                ok &= res[i].id == base[i].id && res[i].n_gen == base[i].n_gen && res[i].n_prompt == base[i].n_prompt &&
+                      !strcmp(res[i].output, base[i].output) && !strcmp(res[i].finish, base[i].finish);
+            check(ok, "%s -f --parallel %s%s%s: the results of --parallel 1, in input order (%d results): %s", nano, runs[k][0],
+                  runs[k][1] ? " --kv-pool " : "", runs[k][1] ? runs[k][2] : "", n, r.err);
+        } else {
+            int ok = r.status == 3 && n == n_base;
+            for (int i = 0; i < n && ok; i++)  // only "Whan that Aprille" with -n 2 and "To be" with -n 0 fit in 12
+                ok &= res[i].id == 3 ? !strcmp(res[i].finish, "error")
+                      : res[i].id == 5 || res[i].id == 7 ? !strcmp(res[i].output, base[i].output)
+                      : strstr(res[i].error, "the KV pool holds 12") != NULL;
+            check(ok, "%s -f --parallel 3 --kv-pool 12: a prompt that can never fit is its line's error: %s", nano, n ? res[0].error : r.err);
+        }
+        run_free(&r);
+    }
+    // The same line alone gives what it gave among the others.
+    char *out = tmp_path("parallel1.jsonl");
+    char *args[] = {"-m", TINY, "-f", one, "-o", out, "-n", "12", "-c", "48", "--raw", "--ref", "-s", "2", "--parallel", "5", NULL};
+    Run r = run_nano(nano, args, NULL);
+    int n = read_results(out, got, 10);
+    check(r.status == 0 && n == 1 && n_base > 1 && !strcmp(got[0].output, base[1].output) && got[0].n_gen == base[1].n_gen,
+          "%s -f --parallel 5: a line alone = the same line among 7 others ('%s')", nano, n ? got[0].output : "");
+    run_free(&r);
+    char *no_file[] = {"-m", TINY, "-p", "x", "--parallel", "2", "--ref", NULL};
+    expect_error(nano, "--parallel without -f", "there is no -f", no_file);
+    char *pool_one[] = {"-m", TINY, "-f", one, "--parallel", "1", "--kv-pool", "9", "--ref", NULL};
+    expect_error(nano, "--kv-pool with --parallel 1", "there is --parallel 1", pool_one);
+}
+
 static void test_interactive_pipe(const char *nano) {
     // Two turns, a reset, one more: only each new turn is prefilled.
     char in[600];
@@ -532,6 +599,7 @@ void test_modes(const char *nano, int first) {
     test_perplexity(nano, &e, first);
     test_batch(nano);
     test_batch_keys(nano);
+    test_batch_parallel(nano);
     test_interactive_pipe(nano);
     test_interactive_tmux(nano);
 }
