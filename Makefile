@@ -51,7 +51,7 @@ build/san/%.o: %.c | build
 build/kernels.o: kernels.cu nano.h kv.h half.h $(wildcard gpu/*.cuh gpu/*.h) | build
 	$(NVCC) $(NVFLAGS) -c $< -o $@
 build/cublas_lazy.o: cublas_lazy.c nano.h | build
-	$(CC) $(CFLAGS) -isystem $(CUDA_HOME)/include -c $< -o $@
+	$(CC) $(CFLAGS) -I$(CUDA_HOME)/include -c $< -o $@
 build:
 	mkdir -p build/san
 

@@ -697,10 +697,12 @@ int bench_main(int argc, char **argv) {
                         for (int rep = 0; rep < o.reps; rep++) tps[rep] = n_tok / time_run(&t, ids, gpu);
                         mean_std(tps, o.reps, &r.mean, &r.std);
                         if (gpu && N > 1 && t.n_gen && !o.quiet) {  // where a step's time goes
-                            double step, gemms, rank;
-                            cuda_engine_rows_times(t.e, 20, &step, &gemms, &rank);
-                            fprintf(stderr, "nano: bench: tg%d x%d: a step %.3f ms on the device (GEMMs %.3f, the rest %.3f) + ranking %.3f\n",
-                                    t.n_gen, N, step, gemms, step - gemms, rank);
+                            double ms[ROWS_TIMES];
+                            cuda_engine_rows_times(t.e, 20, ms);
+                            fprintf(stderr,
+                                    "nano: bench: tg%d x%d: a step %.3f ms on the device; alone: GEMMs %.3f, QKV finish %.3f, attention %.3f, "
+                                    "adds and norms %.3f, SiLU %.3f; ranking %.3f\n",
+                                    t.n_gen, N, ms[0], ms[1], ms[2], ms[3], ms[4], ms[5], ms[6]);
                         }
                         // Step k of a decode test reads the weights and depth + k + 1 positions of K and V.
                         // Batched: the weights once a step for all N, each sequence's K and V after its prompt.

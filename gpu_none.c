@@ -42,8 +42,8 @@ double cuda_engine_time(Engine *e, void (*fn)(void *ctx), void *ctx) {
     (void)e, (void)fn, (void)ctx;
     fatal("cuda_engine_time: built without the GPU engine");
 }
-void cuda_engine_rows_times(Engine *e, int reps, double *step_ms, double *gemm_ms, double *rank_ms) {
-    (void)e, (void)reps, (void)step_ms, (void)gemm_ms, (void)rank_ms;
+void cuda_engine_rows_times(Engine *e, int reps, double ms[ROWS_TIMES]) {
+    (void)e, (void)reps, (void)ms;
     fatal("cuda_engine_rows_times: built without the GPU engine");
 }
 int cuda_device_info(char *name, size_t namelen, int *driver, int *runtime) {

@@ -9,12 +9,15 @@
 // A single chunk writes the output itself; otherwise the last chunk of the kv head to finish merges.
 // KC, VC: the cache's codecs, so each lane unpacks its 8 elements of K and V in registers. A K row's
 // wide channels (kv.h), when WIDE, are added to the score by the first n_wide lanes of its lane group.
-template <int HP, KVCodec KC, KVCodec VC, bool WIDE>
-__device__ void attention_unit(const DecodeParams &p, int layer, int g, int c, int CL, int n, int n_chunks, float *sm) {
+// WARPS: the block's (the decode kernel's NW; shared memory [WARPS][HP][D + 2] floats). Returns whether
+// this block wrote the kv head's output (its only chunk, or the merge of all).
+template <int HP, KVCodec KC, KVCodec VC, bool WIDE, int WARPS = NW>
+__device__ bool attention_unit(const DecodeParams &p, int layer, int g, int c, int CL, int n, int n_chunks, float *sm) {
+    constexpr int THREADS = WARPS * 32;
     constexpr int UA = HP >= 4 ? 2 : HP == 2 ? 4 : 8;  // positions in flight per lane group (registers permitting)
     const Dims &d = p.d;
     const int D = d.D, LG = D >> 3, GPW = 32 / LG;
-    const int nhs = (d.gs + HP - 1) / HP, wps = NW / nhs;
+    const int nhs = (d.gs + HP - 1) / HP, wps = WARPS / nhs;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int set = warp / wps, wis = warp % wps, li = lane % LG, lg = lane / LG;
     const bool act = set < nhs;
@@ -101,7 +104,7 @@ __device__ void attention_unit(const DecodeParams &p, int layer, int g, int c, i
                 m[h] = mn;
             }
         }
-        float *wacc = sm + (size_t)warp * HP * D, *wml = sm + (size_t)NW * HP * D + warp * HP * 2;
+        float *wacc = sm + (size_t)warp * HP * D, *wml = sm + (size_t)WARPS * HP * D + warp * HP * 2;
         if (lg == 0) {
 #pragma unroll
             for (int h = 0; h < HP; h++) {
@@ -113,8 +116,8 @@ __device__ void attention_unit(const DecodeParams &p, int layer, int g, int c, i
     }
     __syncthreads();
     // Merge the warps of each set in warp order: the output (one chunk) or this chunk's partial state.
-    const float *sml = sm + (size_t)NW * HP * D;
-    for (int t = threadIdx.x; t < nhs * HP * D; t += NT) {
+    const float *sml = sm + (size_t)WARPS * HP * D;
+    for (int t = threadIdx.x; t < nhs * HP * D; t += THREADS) {
         int hh = t / D, dd = t % D, s = hh / HP, h = hh % HP;
         if (hh >= d.gs) continue;
         float M = -INFINITY;
@@ -136,7 +139,7 @@ __device__ void attention_unit(const DecodeParams &p, int layer, int g, int c, i
         p.part[pi * D + dd] = A;
         if (dd == 0) p.part_ml[pi * 2] = M, p.part_ml[pi * 2 + 1] = L;
     }
-    if (n_chunks == 1) return;
+    if (n_chunks == 1) return true;
     // The last chunk of this kv head to finish merges all chunks in chunk order.
     __syncthreads();
     __shared__ int last;
@@ -148,17 +151,17 @@ __device__ void attention_unit(const DecodeParams &p, int layer, int g, int c, i
         __threadfence();
     }
     __syncthreads();
-    if (!last) return;
+    if (!last) return false;
     // Chunk weights w_c = exp2(m_c - M) per head into shared memory (all loads in flight at once),
     // then each output element sums its chunks in order, eight loads at a time.
     float *wsm = sm, *lsm = sm + (size_t)n_chunks * d.gs;  // [n_chunks][gs] weights, [gs] total weights
-    for (int t = threadIdx.x; t < n_chunks * d.gs; t += NT) {
+    for (int t = threadIdx.x; t < n_chunks * d.gs; t += THREADS) {
         size_t pi = ((size_t)g * p.att_S + t / d.gs) * p.gq + t % d.gs;
         wsm[t] = __ldcg(p.part_ml + pi * 2);
         wsm[n_chunks * d.gs + d.gs + t] = __ldcg(p.part_ml + pi * 2 + 1);
     }
     __syncthreads();
-    for (int h = threadIdx.x; h < d.gs; h += NT) {
+    for (int h = threadIdx.x; h < d.gs; h += THREADS) {
         float M = -INFINITY, L = 0;
         for (int cc = 0; cc < n_chunks; cc++) M = fmaxf(M, wsm[cc * d.gs + h]);
         for (int cc = 0; cc < n_chunks; cc++) {
@@ -169,7 +172,7 @@ __device__ void attention_unit(const DecodeParams &p, int layer, int g, int c, i
         lsm[h] = L;
     }
     __syncthreads();
-    for (int t = threadIdx.x; t < d.gs * D; t += NT) {
+    for (int t = threadIdx.x; t < d.gs * D; t += THREADS) {
         int h = t / D, dd = t % D;
         float A = 0;
         for (int c8 = 0; c8 < n_chunks; c8 += 8) {
@@ -183,6 +186,7 @@ __device__ void attention_unit(const DecodeParams &p, int layer, int g, int c, i
         }
         p.o[(size_t)(g * d.gs + h) * D + dd] = A / lsm[h];
     }
+    return true;
 }
 
 // Chunking of a context of n positions over at most att_S chunks per kv head, >= ATT_MIN_CHUNK
@@ -209,26 +213,45 @@ __device__ void stage_attention(const DecodeParams &p, int layer, int pos, float
         attention_unit<HP, Codecs<FMT>::k, Codecs<FMT>::v, FMT != KV_BF16 && FMT != KV_KV4H>(p, layer, u / nc, u % nc, CL, pos + 1, nc, sm);
 }
 
-// Batched decode: block (kv head, row) attends for row blockIdx.y of the batch over positions
-// 0..pos of its own sequence (state: [n_seqs] ids, [n_seqs] positions (-1: none), [n_seqs] extent
-// bases), in one chunk: the decode stage's unit, reading q and writing o at the row's place; then
-// its heads' output as the o_proj GEMM's operands (hi [n_seqs][QD], then lo).
+// Batched decode: row blockIdx.y of the batch attends over positions 0..pos of its own sequence
+// (state: [n_seqs] ids, [n_seqs] positions (-1: none), [n_seqs] extent bases), each kv head's context
+// split into up to ROWS_CHUNKS chunks of ROWS_MIN_CHUNK or more positions, a block each (blockIdx.x =
+// kv head x ROWS_CHUNKS + chunk): the decode stage's units, with q, o, the chunks' partial results and
+// tickets at the row's place (part [n_seqs][Hkv][ROWS_CHUNKS][gq][D], tickets [n_seqs][NH + Hkv]).
+// The block that writes a kv head's output also writes it as the o_proj GEMM's operands (hi
+// [n_seqs][QD], then lo). Small blocks, many of them: a unit's positions go one memory wait after
+// another, so the waits of many blocks must overlap (measured on 32 rows of Qwen3-8B: one block of 16
+// warps per row and kv head took 47 us a layer).
+#define ROWS_CHUNKS 8
+#define ROWS_MIN_CHUNK 32
+#define ROWS_WARPS 4
 template <int HP, int FMT>
-__global__ void __launch_bounds__(NT) kernel_attn_rows(const __grid_constant__ DecodeParams p, const int *state, int layer, uint16_t *hi) {
+__global__ void __launch_bounds__(ROWS_WARPS * 32, NW / ROWS_WARPS) kernel_attn_rows(const __grid_constant__ DecodeParams p,
+                                                                                    const int *state, int layer, uint16_t *hi) {
     extern __shared__ float4 smem_rows[];
-    const int r = blockIdx.y, M = gridDim.y, pos = state[M + r], QD = p.d.QD;
+    const Dims &d = p.d;
+    const int r = blockIdx.y, M = gridDim.y, pos = state[M + r], QD = d.QD;
     if (pos < 0) return;
+    const int g = blockIdx.x / ROWS_CHUNKS, ci = blockIdx.x % ROWS_CHUNKS, n = pos + 1;
+    const int CL = max((n + ROWS_CHUNKS - 1) / ROWS_CHUNKS, ROWS_MIN_CHUNK), nc = (n + CL - 1) / CL;
+    if (ci >= nc) return;
+    const size_t units = (size_t)d.Hkv * ROWS_CHUNKS * p.gq;
     DecodeParams pr = p;
     pr.kv = kv_view(&p.kv, state[2 * M + r]);
     pr.q = p.q + (size_t)r * QD;
     pr.o = p.o + (size_t)r * QD;
-    attention_unit<HP, Codecs<FMT>::k, Codecs<FMT>::v, FMT != KV_BF16 && FMT != KV_KV4H>(pr, layer, blockIdx.x, 0, pos + 1, pos + 1, 1,
-                                                                                       (float *)smem_rows);
+    pr.part = p.part + (size_t)r * units * d.D;
+    pr.part_ml = p.part_ml + (size_t)r * units * 2;
+    pr.tick = p.tick + (size_t)r * (d.NH + d.Hkv);
+    pr.att_S = ROWS_CHUNKS;
+    if (!attention_unit<HP, Codecs<FMT>::k, Codecs<FMT>::v, FMT != KV_BF16 && FMT != KV_KV4H, ROWS_WARPS>(pr, layer, g, ci, CL, n, nc,
+                                                                                                     (float *)smem_rows))
+        return;
     __syncthreads();  // the block's stores of o are visible to the whole block
-    const int n = p.d.gs * p.d.D;
-    for (int i = threadIdx.x; i < n; i += NT) {
-        size_t k = (size_t)r * QD + (size_t)blockIdx.x * n + i;
-        bf16_split(pr.o[(size_t)blockIdx.x * n + i], hi + k, hi + (size_t)M * QD + k);
+    const int w = d.gs * d.D;
+    for (int i = threadIdx.x; i < w; i += ROWS_WARPS * 32) {
+        size_t k = (size_t)r * QD + (size_t)g * w + i;
+        bf16_split(pr.o[(size_t)g * w + i], hi + k, hi + (size_t)M * QD + k);
     }
 }
 

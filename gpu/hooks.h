@@ -45,10 +45,12 @@ int cuda_engine_wo_split(Engine *e);  // the o_proj split in use (--wo-split, or
 // Seconds between CUDA events recorded on the engine's stream before and after fn(ctx) runs (fn calls
 // the engine, whose calls return when their work is done): the device's view of the time fn took.
 double cuda_engine_time(Engine *e, void (*fn)(void *ctx), void *ctx);
-// Where a batched decode step's time goes (after a forward_seqs of one token per row, on those rows):
-// milliseconds of the whole step, of its GEMMs alone, and of ranking every row's logits, each averaged
-// over reps.
-void cuda_engine_rows_times(Engine *e, int reps, double *step_ms, double *gemm_ms, double *rank_ms);
+// Where a batched decode step's time goes (after a forward_seqs of one token per row, on those rows),
+// in milliseconds averaged over reps: ms[0] the whole step, then each kind of its launches alone over
+// every layer: [1] the GEMMs, [2] the QKV finish, [3] the attention, [4] the residual adds and norms,
+// [5] SiLU; and [6] ranking every row's logits.
+#define ROWS_TIMES 7
+void cuda_engine_rows_times(Engine *e, int reps, double ms[ROWS_TIMES]);
 // Device 0's name and the driver's and runtime's CUDA versions (12040 is 12.4); 0 when there is no GPU.
 int cuda_device_info(char *name, size_t namelen, int *driver, int *runtime);
 

@@ -9,11 +9,11 @@ __global__ void kernel_embed(const uint16_t *embed, const int *ids, int H, float
     for (int i = threadIdx.x; i < H; i += blockDim.x) x[(size_t)blockIdx.x * H + i] = bf16_to_f32(row[i]);
 }
 
-// Row t (one block of 256): x += proj (its hi products + lo products, + bias) when proj is given, then
-// RMSNorm into bf16 hi/lo.
+// Row t (one block of up to 1024 threads): x += proj (its hi products + lo products, + bias) when proj
+// is given, then RMSNorm into bf16 hi/lo.
 __global__ void kernel_add_norm(float *x, const float *proj, const float *proj_lo, const float *bias, const float *w, int H, float eps,
                                 uint16_t *hi, uint16_t *lo) {
-    __shared__ float red[8];
+    __shared__ float red[32];
     float *xr = x + (size_t)blockIdx.x * H;
     float ss = 0;
     for (int i = threadIdx.x; i < H; i += blockDim.x) {
