@@ -476,12 +476,14 @@ extern const char nano_commit[];  // build/version.c, written by make from git
 // Number of usable CUDA devices; 0 with a reason in why (no driver, no device) otherwise.
 int cuda_device_count(char *why, size_t whylen);
 
-// The GPU engine on device 0: weights as bf16 (f16/f32 checkpoints are rounded at upload), a bf16 KV
-// cache, fp32 activations. A forward of one token is one cooperative kernel launch; longer chunks
-// (up to max_batch tokens) go through cuBLAS and a tiled attention kernel. wo_split: 1, 2, 4 or 8
-// slices of o_proj's reduction (0 picks one from the shape). Returns NULL with the reason in why when
-// there is no usable GPU, the shape or KV format is not supported, or the model does not fit. Prints
-// one line on stderr with the GPU memory in use. Other CUDA failures are fatal.
+// The GPU engine on device 0: weights as bf16 (f16/f32 checkpoints are rounded at upload), a KV cache
+// in a GPU format of kv.h, fp32 activations. A forward of one token is one cooperative kernel launch;
+// longer chunks (up to max_batch tokens) go through cuBLAS and a tiled attention kernel. capacity: the
+// cache's positions; -N asks for a pool of N, or as many as fit if fewer (batched generation;
+// Engine.capacity says how many). wo_split: 1, 2, 4 or 8 slices of o_proj's reduction (0 picks one from
+// the shape). Returns NULL with the reason in why when there is no usable GPU, the shape or KV format is
+// not supported, or the model does not fit. Prints one line on stderr with the GPU memory in use. Other
+// CUDA failures are fatal.
 Engine *cuda_engine_create(const Model *m, int capacity, KVFormat kv, int max_batch, int wo_split, char *why,
                            size_t whylen);
 void cuda_engine_set_wo_split(Engine *e, int wo_split);  // 1, 2, 4 or 8
