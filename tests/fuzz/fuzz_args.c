@@ -26,7 +26,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         fuzz_armed = 0;
         int modes = !!o.prompt + !!o.prompt_ids + o.interactive + !!o.file + !!o.perplexity + !!o.tokenize + !!o.tokenize_file;
         if (!o.help && (!o.model_dir || modes != 1 || o.n_predict < 0 || o.ctx < 0 || o.stride < 0 || o.batch < 1 ||
-                        o.seed < 0 || o.threads < 0 || o.n_stops < 0 || (o.resume && !o.out) || (o.out && !o.file)))
+                        o.seed < 0 || o.threads < 0 || o.n_stops < 0 || (o.resume && !o.out) || (o.out && !o.file) ||
+                        o.parallel < 0 || o.parallel > MAX_PARALLEL || (o.parallel && !o.file) || o.kv_pool < 0 ||
+                        (o.kv_pool && (!o.file || o.parallel == 1))))
             abort();
         for (int i = 0; i < o.n_stops; i++)
             if (!o.stops[i][0]) abort();
