@@ -1408,10 +1408,16 @@ static int batch_mode(Session *s, const Options *o, Batch *b) {
     show_settings(s, o->n_stops ? ", --stop; lines may override" : "; lines may override");
     KVPool pool;
     kv_pool_init(&pool, s->engine->capacity, N);
-    if (N > 1 && !o->quiet)
-        fprintf(stderr, "nano: batch: up to %d prompts at once in a KV pool of %d positions (%.2f GiB, %s)\n", N, pool.capacity,
-                (double)kv_bytes_per_token(s->kv, s->m.cfg.n_layers, s->m.cfg.n_kv_heads, s->m.cfg.head_dim, 0) * pool.capacity / 1073741824.0,
-                kv_format_name(s->kv));
+    if (N > 1 && !o->quiet) {
+        const Config *c = &s->m.cfg;
+        int16_t *wide;
+        int n_wide = kv_wide_channels(&s->m, s->kv, &wide);
+        free(wide);
+        double bytes = (double)kv_bytes_per_token(s->kv, c->n_layers, c->n_kv_heads, c->head_dim, n_wide) * pool.capacity;
+        int gib = bytes >= 1073741824.0;
+        fprintf(stderr, "nano: batch: up to %d prompts at once in a KV pool of %d positions (%.2f %s, %s)\n", N, pool.capacity,
+                bytes / (gib ? 1073741824.0 : 1048576.0), gib ? "GiB" : "MiB", kv_format_name(s->kv));
+    }
     Seq *seqs = xcalloc((size_t)N, sizeof *seqs);
     for (int k = 0; k < N; k++) {
         seqs[k].sampler = s->sampler;
