@@ -662,11 +662,8 @@ int bench_main(int argc, char **argv) {
             double weights, kv_per_pos;
             if (gpu) cuda_engine_bytes(t.e, &weights, &kv_per_pos);
             else {
-                int16_t *wide;
-                int n_wide = kv_wide_channels(&m, kvs[k % n_kv], &wide);
-                free(wide);
                 weights = ref_weight_bytes(&m);
-                kv_per_pos = (double)kv_bytes_per_token(kvs[k % n_kv], c->n_layers, c->n_kv_heads, c->head_dim, n_wide);
+                kv_per_pos = (double)kv_model_bytes_per_token(&m, kvs[k % n_kv]);
             }
             int n_splits = o.wo_split.n ? o.wo_split.n : 1;
             for (int di = 0; di < o.depth.n; di++) {

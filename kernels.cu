@@ -488,6 +488,7 @@ static int cu_seqs(Engine *e, int n_seqs, char *why, size_t whylen) {
     a.logits = (float *)dev_alloc(c, 2 * M * d.V * 4, sb, sw);
     a.hi = (uint16_t *)dev_alloc(c, 2 * M * wide * 2, sb, sw);
     CUDA_CHECK(cudaMemset(a.o, 0, M * d.QD * 4), "cudaMemset (batched decode)");
+    CUDA_CHECK(cudaMemset(a.hi, 0, 2 * M * wide * 2), "cudaMemset (batched decode)");  // rows without a token read zeros
     c->row_state = (int *)dev_alloc(c, 4 * M * 4, sb, sw);
     a.ids = c->row_state;
     c->rank_rows = c->row_state + 3 * M;
@@ -511,22 +512,16 @@ static int cu_seqs(Engine *e, int n_seqs, char *why, size_t whylen) {
 // path alone (so it too is the same whoever shares the step), its last logits into its sequence's row.
 static void cu_forward_seqs(Engine *e, const SeqRow *rows, int n_rows, int n_ids, TopLogits *tops) {
     CudaEngine *c = (CudaEngine *)e;
-    const int M = c->n_seqs, cap = c->b.kv.capacity;
-    if (n_rows < 1 || n_rows > M) fatal("GPU engine: %d rows for %d sequences", n_rows, M);
+    const int M = c->n_seqs;
+    seq_rows_check("GPU", rows, n_rows, M, c->b.kv.capacity);
     int *ids = c->h_row_state, *pos = ids + M, *base = pos + M, n_one = 0;
     for (int k = 0; k < M; k++) ids[k] = 0, pos[k] = -1, base[k] = 0;
     for (int i = 0; i < n_rows; i++) {
         const SeqRow &w = rows[i];
-        if (w.seq < 0 || w.seq >= M || pos[w.seq] != -1 || w.n < 1 || w.base < 0 || w.pos < 0 || (long long)w.base + w.pos + w.n > cap)
-            fatal("GPU engine: row %d (sequence %d, %d tokens at %d+%d) is not one of %d sequences in a KV cache of %d", i, w.seq, w.n,
-                  w.base, w.pos, M, cap);
-        pos[w.seq] = -2;  // taken
         if (w.n == 1) ids[w.seq] = w.ids[0], pos[w.seq] = w.pos, base[w.seq] = w.base, n_one++;
         c->row_seq[i] = w.seq;
         c->h_rank_rows[i] = w.seq;
     }
-    for (int k = 0; k < M; k++)
-        if (pos[k] == -2) pos[k] = -1;
     CUDA_CHECK(cudaMemcpyAsync(c->row_state, c->h_row_state, 4 * (size_t)M * 4, cudaMemcpyHostToDevice, c->st), "row state copy");
     if (n_one) rows_step_run(c);
     for (int i = 0; i < n_rows; i++) {
@@ -559,6 +554,8 @@ static void cu_last_logits(Engine *e, float *logits) {
 static void cu_free(Engine *e) {
     CudaEngine *c = (CudaEngine *)e;
     if (!c) return;
+    if (c->blas) cublasDestroy(c->blas);  // before its workspace goes
+    c->blas = NULL;
     for (int i = 0; i < c->n_allocs; i++) cudaFree(c->allocs[i]);
     free(c->allocs);
     graph_drop(c);
@@ -571,7 +568,6 @@ static void cu_free(Engine *e) {
     free(c->row_seq);
     if (c->h_dbg) cudaFreeHost(c->h_dbg);
     if (c->h_x) cudaFreeHost(c->h_x);
-    if (c->blas) cublasDestroy(c->blas);
     if (c->st) cudaStreamDestroy(c->st);
     free(c->h_layers);
     free(c);
@@ -726,9 +722,9 @@ extern "C" Engine *cuda_engine_create(const Model *m, int capacity, KVFormat kv,
         cu_free(&c->base);
         long long fits = free_b > reserve ? (long long)((free_b - reserve) / per_token) : 0;
         return error_into(why, whylen,
-                          "-c %d does not fit: %s has %.2f GiB free; weights %.2f GiB, prefill %.2f GiB, and the KV cache %.2f GiB "
-                          "(%s, %zu bytes a token); at most -c %lld fits",
-                          capacity, prop.name, free_b / 1073741824.0, need_w / 1073741824.0, need_p / 1073741824.0,
+                          "%s %d does not fit: %s has %.2f GiB free; weights %.2f GiB, prefill %.2f GiB, and the KV cache %.2f GiB "
+                          "(%s, %zu bytes a token); at most %lld positions fit",
+                          pool ? "a KV pool of" : "-c", capacity, prop.name, free_b / 1073741824.0, need_w / 1073741824.0, need_p / 1073741824.0,
                           need_kv / 1073741824.0, kv_format_name(kv), per_token, fits), (Engine *)NULL;
     }
     CUDA_CHECK(cudaStreamCreateWithFlags(&c->st, cudaStreamNonBlocking), "cudaStreamCreate");

@@ -107,6 +107,13 @@ const char *kv_check_shape(KVFormat f, int head_dim) {
     return NULL;
 }
 
+size_t kv_model_bytes_per_token(const Model *m, KVFormat f) {
+    int16_t *wide;
+    int n_wide = kv_wide_channels(m, f, &wide);
+    free(wide);
+    return kv_bytes_per_token(f, m->cfg.n_layers, m->cfg.n_kv_heads, m->cfg.head_dim, n_wide);
+}
+
 void kv_init(KVCache *kv, const Config *c, int capacity, KVFormat format, int n_wide, const int16_t *wide) {
     const char *need = kv_check_shape(format, c->head_dim);
     if (need) fatal("--kv %s needs %s (this model's head_dim is %d)", kv_format_name(format), need, c->head_dim);
@@ -240,4 +247,16 @@ int kv_pool_used(const KVPool *p) {
     int u = 0;
     for (int i = 0; i < p->n; i++) u += p->len[i];
     return u;
+}
+
+void seq_rows_check(const char *engine, const SeqRow *rows, int n_rows, int n_seqs, int capacity) {
+    if (n_rows < 1 || n_rows > n_seqs) fatal("%s engine: %d rows for %d sequences", engine, n_rows, n_seqs);
+    for (int i = 0; i < n_rows; i++) {
+        const SeqRow *w = &rows[i];
+        int twice = 0;
+        for (int j = 0; j < i; j++) twice |= rows[j].seq == w->seq;
+        if (w->seq < 0 || w->seq >= n_seqs || twice || w->n < 1 || w->base < 0 || w->pos < 0 || (long long)w->base + w->pos + w->n > capacity)
+            fatal("%s engine: row %d (sequence %d, %d tokens at %d+%d) is not one of %d sequences in a KV cache of %d", engine, i, w->seq,
+                  w->n, w->base, w->pos, n_seqs, capacity);
+    }
 }

@@ -362,23 +362,27 @@ static Tokenizer *load_tokenizer(const char *dir, int required) {
 static KVFormat kv_format_of(const Options *o, const Config *c) { return o->kv == KV_N_FORMATS ? kv_default(c) : o->kv; }
 
 // n_seqs (NULL: one): how many sequences the engine serves at once (-f's --parallel); *n_seqs 0 picks,
-// DEFAULT_PARALLEL on the GPU and 1 on the reference path (which runs rows one after another anyway),
-// and *n_seqs gets the choice. Several sequences share a KV pool of n_seqs x ctx positions, or on the
-// GPU as many as fit, if fewer.
-static Engine *open_engine(const Options *o, const Model *m, int ctx, KVFormat kv, int *n_seqs) {
+// on the GPU DEFAULT_PARALLEL or the prompts to run if fewer (most), else 1 (the reference path runs
+// rows one after another anyway; -b 1 has no prefill path for them), and *n_seqs gets the choice.
+// Several sequences share a KV pool of --kv-pool or n_seqs x ctx positions, on the GPU as many as fit
+// if fewer.
+static Engine *open_engine(const Options *o, const Model *m, int ctx, KVFormat kv, int *n_seqs, int most) {
     char why[512];
     int gpu = 0;
     if (!o->force_ref) {
         gpu = cuda_device_count(why, sizeof why) > 0;
         if (!gpu) fprintf(stderr, "nano: no CUDA GPU (%s); using the reference path\n", why);
     }
-    int n = !n_seqs ? 1 : *n_seqs ? *n_seqs : gpu ? DEFAULT_PARALLEL : 1;
+    if (most < (o->kv_pool ? 2 : 1)) most = o->kv_pool ? 2 : 1;  // --kv-pool asks for a pool (check_arguments)
+    int n = !n_seqs ? 1 : *n_seqs ? *n_seqs : gpu && o->batch > 1 ? (most < DEFAULT_PARALLEL ? most : DEFAULT_PARALLEL) : 1;
     long long want = n == 1 ? ctx : o->kv_pool ? o->kv_pool : (long long)n * ctx;
     int pool = want < MAX_POOL ? (int)want : MAX_POOL;
     Engine *e;
     if (gpu) {
         e = cuda_engine_create(m, n > 1 ? -pool : ctx, kv, o->batch, o->wo_split, why, sizeof why);
         if (!e) fatal("GPU engine: %s; add --ref to run on the reference path", why);
+        if (o->kv_pool && e->capacity < pool)
+            fprintf(stderr, "nano: warning: --kv-pool %d: %d positions fit on the GPU; the pool holds those\n", pool, e->capacity);
     } else e = ref_engine_create(m, pool, kv, o->batch);
     if (n > 1 && e->seqs(e, n, why, sizeof why)) fatal("--parallel %d: %s", n, why);
     if (n_seqs) *n_seqs = n;
@@ -407,7 +411,8 @@ static SamplerConfig sampling_settings(const Options *o, const Config *c) {
     return s;
 }
 
-static void session_open(Session *s, const Options *o, int need_tokenizer) {
+// prompts: how many -f will run (they bound the default --parallel), 0 otherwise.
+static void session_open(Session *s, const Options *o, int need_tokenizer, int prompts) {
     memset(s, 0, sizeof *s);
     double t0 = now_seconds();
     s->tok = load_tokenizer(o->model_dir, need_tokenizer);
@@ -422,7 +427,7 @@ static void session_open(Session *s, const Options *o, int need_tokenizer) {
     long cores = sysconf(_SC_NPROCESSORS_ONLN);
     ref_set_threads(o->threads ? o->threads : cores > 0 ? (int)cores : 1);
     s->n_seqs = o->file ? o->parallel : 1;
-    s->engine = open_engine(o, &s->m, s->ctx, s->kv, &s->n_seqs);
+    s->engine = open_engine(o, &s->m, s->ctx, s->kv, &s->n_seqs, prompts);
     s->tokens = xmalloc((size_t)s->ctx * sizeof *s->tokens);
     // Never sample an id the tokenizer cannot print: the embedding usually has padding rows past it.
     int n_ids = s->tok && tokenizer_n_ids(s->tok) < c->vocab ? tokenizer_n_ids(s->tok) : c->vocab;
@@ -737,6 +742,10 @@ static void check_arguments(const Options *o) {
     check_text("-p", o->prompt);
     check_text("--system", o->system);
     check_text("--tokenize", o->tokenize);
+    char why[256];
+    if (o->kv_pool && !o->parallel && (o->force_ref || o->batch < 2 || !cuda_device_count(why, sizeof why)))
+        fatal("--kv-pool: this run decodes one prompt at a time (%s), without a KV pool; pass --parallel N",
+              o->batch < 2 && !o->force_ref ? "-b 1" : "the reference path's default");
     // Inputs: the files of the model directory (links followed) and the files named by flags.
     InputFile *in = NULL;
     int n_in = 0;
@@ -1251,6 +1260,13 @@ static int resume_results(Batch *b, const Options *o, int fd) {
     return fd;
 }
 
+// Prompts -f has left to run: the non-blank lines without a result in -o (--resume).
+static int batch_remaining(const Batch *b) {
+    int done = 0;
+    for (long i = 1; i <= b->n_lines; i++) done += b->done[i];
+    return b->total - done;
+}
+
 static void batch_prepare(Batch *b, const Options *o) {
     memset(b, 0, sizeof *b);
     LineReader r;
@@ -1299,18 +1315,20 @@ typedef struct {
     long order;           // its place among the lines run, for writing results in input order
 } Seq;
 
+// The results not yet written: result k (counting the lines run) is line[k - first], NULL until its
+// sequence is done; written ones leave the front, so memory holds only those waiting for an earlier one.
 typedef struct {
-    char **line;          // [n] a result line, NULL until its sequence is done
-    long n, cap, written;
+    char **line;
+    long first, n, cap;  // results first .. n - 1 are held
 } ResultQueue;
 
 static long results_add(ResultQueue *q) {
-    if (q->n == q->cap) {
+    if (q->n - q->first == q->cap) {
         q->cap = q->cap ? 2 * q->cap : 64;
         q->line = realloc(q->line, (size_t)q->cap * sizeof *q->line);
         if (!q->line) fatal("out of memory");
     }
-    q->line[q->n] = NULL;
+    q->line[q->n - q->first] = NULL;
     return q->n++;
 }
 
@@ -1333,12 +1351,15 @@ static void seq_result(Seq *q, ResultQueue *rq, FILE *out, const char *out_name)
     }
     fprintf(f, "}\n");
     if (fclose(f) != 0) fatal("out of memory");
-    rq->line[q->order] = text;
-    for (; rq->written < rq->n && rq->line[rq->written]; rq->written++) {
-        fputs(rq->line[rq->written], out);
+    rq->line[q->order - rq->first] = text;
+    long k = 0, held = rq->n - rq->first;
+    for (; k < held && rq->line[k]; k++) {
+        fputs(rq->line[k], out);
         out_check(out, out_name);
-        free(rq->line[rq->written]);
+        free(rq->line[k]);
     }
+    memmove(rq->line, rq->line + k, (size_t)(held - k) * sizeof *rq->line);
+    rq->first += k;
 }
 
 // A line of the prompts file into slot q: parsed and tokenized, or q->err set.
@@ -1409,11 +1430,7 @@ static int batch_mode(Session *s, const Options *o, Batch *b) {
     KVPool pool;
     kv_pool_init(&pool, s->engine->capacity, N);
     if (N > 1 && !o->quiet) {
-        const Config *c = &s->m.cfg;
-        int16_t *wide;
-        int n_wide = kv_wide_channels(&s->m, s->kv, &wide);
-        free(wide);
-        double bytes = (double)kv_bytes_per_token(s->kv, c->n_layers, c->n_kv_heads, c->head_dim, n_wide) * pool.capacity;
+        double bytes = (double)kv_model_bytes_per_token(&s->m, s->kv) * pool.capacity;
         int gib = bytes >= 1073741824.0;
         fprintf(stderr, "nano: batch: up to %d prompts at once in a KV pool of %d positions (%.2f %s, %s)\n", N, pool.capacity,
                 bytes / (gib ? 1073741824.0 : 1048576.0), gib ? "GiB" : "MiB", kv_format_name(s->kv));
@@ -1447,7 +1464,9 @@ static int batch_mode(Session *s, const Options *o, Batch *b) {
             }
             waiting = NULL;
             if (!q->err[0]) {
-                int need = q->n_ids + q->it.n_predict < s->ctx ? q->n_ids + q->it.n_predict : s->ctx;
+                // The prompt and every generated id but the last, which is never fed.
+                long long want = (long long)q->n_ids + (q->it.n_predict > 0 ? q->it.n_predict - 1 : 0);
+                int need = want < s->ctx ? (int)want : s->ctx;
                 if (need > pool.capacity)
                     snprintf(q->err, sizeof q->err, "the prompt and its reply need %d positions; the KV pool holds %d (--kv-pool, or -c x --parallel)",
                              need, pool.capacity);
@@ -1472,18 +1491,15 @@ static int batch_mode(Session *s, const Options *o, Batch *b) {
             row_seq[n_rows++] = k;
         }
         if (!n_rows) break;
-        double t0 = now_seconds();
         if (N > 1) s->engine->forward_seqs(s->engine, rows, n_rows, s->sampler.n_ids, tops);
         else picker_forward(&seqs[row_seq[0]].picker, rows[0].ids, rows[0].n, rows[0].pos);
-        double dt = now_seconds() - t0;
         for (int i = 0; i < n_rows; i++) {
             Seq *q = &seqs[row_seq[i]];
             const SeqRow *w = &rows[i];
             if (N > 1) picker_set_row(&q->picker, &tops[i], i, w->pos + w->n - 1);
             memcpy(q->tokens + q->pos, w->ids, (size_t)w->n * sizeof *w->ids);
             q->pos += w->n;
-            if (w->pos == 0) q->st.prompt_s += dt, n_tok += w->n;
-            else q->st.gen_s += dt;
+            if (w->pos == 0) n_tok += w->n;
             int before = q->st.n_gen, done = seq_pick(s, q);
             n_tok += q->st.n_gen - before;
             if (!done) continue;
@@ -1538,7 +1554,7 @@ static void perplexity_mode(Session *s, const Options *o) {
     // Quality of a KV format: the same windows through the exact cache (f32, reference path) or, on the
     // GPU, bf16; llama-perplexity --kl-divergence's figures against it.
     KVFormat base_kv = strcmp(s->engine->name, "ref") ? KV_BF16 : KV_F32;
-    Engine *base = s->kv == base_kv ? NULL : open_engine(o, &s->m, s->ctx, base_kv, NULL);
+    Engine *base = s->kv == base_kv ? NULL : open_engine(o, &s->m, s->ctx, base_kv, NULL, 0);
     float *logits = xmalloc((size_t)B * V * sizeof(float)), *base_logits = base ? xmalloc((size_t)B * V * sizeof(float)) : NULL;
     double nll = 0, base_nll = 0, kld = 0, max_kld = 0, t0 = now_seconds();
     int scored = 0, scored_end = 1, same_top = 0;  // the first token is never predicted
@@ -1613,7 +1629,7 @@ int main(int argc, char **argv) {
     Batch b;
     if (o.file) batch_prepare(&b, &o);
     Session s;
-    session_open(&s, &o, !o.prompt_ids);
+    session_open(&s, &o, !o.prompt_ids, o.file ? batch_remaining(&b) : 0);
     int rc = 0;
     if (o.prompt_ids) prompt_ids_mode(&s, &o);
     else if (o.prompt) prompt_mode(&s, &o);

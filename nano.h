@@ -209,6 +209,7 @@ const char *kv_check_shape(KVFormat f, int head_dim);
 int kv_wide_channels(const Model *m, KVFormat format, int16_t **channels);
 // Bytes one position takes in every layer's K and V rows.
 size_t kv_bytes_per_token(KVFormat f, int n_layers, int n_kv_heads, int head_dim, int n_wide);
+size_t kv_model_bytes_per_token(const Model *m, KVFormat f);  // the same for m, its wide channels counted
 // A host cache; wide: n_wide channels per (layer, kv head) (kv_wide_channels), copied. Fatal when
 // the format cannot hold this head_dim.
 void kv_init(KVCache *kv, const Config *c, int capacity, KVFormat format, int n_wide, const int16_t *wide);
@@ -325,6 +326,10 @@ struct Engine {
     void (*free)(Engine *e);
     int capacity;  // positions its KV cache holds
 };
+
+// forward_seqs' rows for an engine of n_seqs sequences and capacity positions: fatal, naming the engine
+// and the row, unless each row has tokens, its own sequence, and positions within the cache.
+void seq_rows_check(const char *engine, const SeqRow *rows, int n_rows, int n_seqs, int capacity);
 
 // max_batch: tokens per prefill chunk; capacity: KV cache size in tokens.
 void ref_set_threads(int n);  // threads for the reference path's linear layers (1 to 256; default 1)

@@ -343,11 +343,9 @@ static int ref_engine_seqs(Engine *e, int n_seqs, char *why, size_t whylen) {
 static void ref_engine_forward_seqs(Engine *e, const SeqRow *rows, int n_rows, int n_ids, TopLogits *tops) {
     RefEngine *r = (RefEngine *)e;
     size_t V = (size_t)r->m->cfg.vocab;
-    if (n_rows > r->n_seqs) fatal("reference engine: %d rows for %d sequences", n_rows, r->n_seqs);
+    seq_rows_check("reference", rows, n_rows, r->n_seqs, r->kv.capacity);
     for (int i = 0; i < n_rows; i++) {
         const SeqRow *w = &rows[i];
-        if (w->n < 1 || w->base < 0 || w->pos < 0 || (long)w->base + w->pos + w->n > r->kv.capacity)
-            fatal("reference engine: row of %d tokens at %d+%d beyond the KV cache of %d", w->n, w->base, w->pos, r->kv.capacity);
         KVCache view = kv_view(&r->kv, w->base);
         ref_forward(r->s, r->m, &view, w->ids, w->n, w->pos, r->row_logits + i * V, 0);
         top_logits(r->row_logits + i * V, (int)V, n_ids, &tops[i]);

@@ -243,7 +243,7 @@ void logits_check(const float *logits, int rows, int vocab, int first_pos) {
 
 void picker_init(Picker *p, Engine *e, Sampler *s, int vocab) {
     memset(p, 0, sizeof *p);
-    p->e = e, p->s = s, p->vocab = vocab;
+    p->e = e, p->s = s, p->vocab = vocab, p->row = -1;
     p->logits = xmalloc((size_t)vocab * sizeof *p->logits);
 }
 

@@ -564,7 +564,7 @@ static void test_seqs(const char *name, const Model *m, const int *prompt, int n
     for (int run = 1; run < RUNS; run++)
         check(!memcmp(ids[run], ids[0], sizeof ids[0]) && !memcmp(logits + (size_t)run * SEQ_STEPS * V, logits, (size_t)SEQ_STEPS * V * 4),
               "%s %s batched: a sequence's %d steps of logits in row %d of %d = alone, bit for bit (ids too)", name, fmt, SEQ_STEPS,
-              x_slot[run], sizes[run]);
+              x_slot[run] + 1, sizes[run]);
     // Against the reference: the same ids teacher-forced, and the reference's own greedy stream.
     Engine *re = ref_engine_create(m, SEQ_SPAN, kvf, 64);
     float *ref = xmalloc((size_t)V * 4);

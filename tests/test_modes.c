@@ -502,6 +502,8 @@ static void test_batch_parallel(const char *nano) {
     expect_error(nano, "--parallel without -f", "there is no -f", no_file);
     char *pool_one[] = {"-m", TINY, "-f", one, "--parallel", "1", "--kv-pool", "9", "--ref", NULL};
     expect_error(nano, "--kv-pool with --parallel 1", "there is --parallel 1", pool_one);
+    char *pool_ref[] = {"-m", TINY, "-f", one, "--kv-pool", "9", "--ref", NULL};
+    expect_error(nano, "--kv-pool without --parallel on the reference path", "decodes one prompt at a time", pool_ref);
 }
 
 static void test_interactive_pipe(const char *nano) {
