@@ -490,6 +490,31 @@ static void test_batch_parallel(const char *nano) {
         }
         run_free(&r);
     }
+    // 40 lines of different lengths, 7 at a time in a pool that keeps some waiting: --parallel 1's results.
+    {
+        char *many = tmp_path("many.txt"), text2[6000] = "", *outs[2];
+        size_t at = 0;
+        for (int i = 0; i < 40; i++)
+            at += (size_t)snprintf(text2 + at, sizeof text2 - at, "{\"prompt\": \"%.*s\", \"n_predict\": %d, \"seed\": %d}\n", 1 + i % 23,
+                                   "It was the best of times, it was the worst", 1 + (i * 7) % 17, i);
+        write_text(many, text2);
+        char many_path[600];
+        snprintf(many_path, sizeof many_path, "%s", many);
+        for (int k = 0; k < 2; k++) {
+            char *args[] = {"-m", TINY, "-f", many_path, "-c", "48", "--raw", "--ref", "-q", "--parallel", k ? "7" : "1", k ? "--kv-pool" : NULL,
+                            "70", NULL};
+            Run r = run_nano(nano, args, NULL);
+            outs[k] = strdup(r.out);
+            run_free(&r);
+        }
+        // The lines but their timings.
+        for (int k = 0; k < 2; k++)
+            for (char *m = outs[k]; (m = strstr(m, "\"ms\": "));)
+                for (m += 6; *m && *m != '}'; m++) *m = ' ';
+        check(!strcmp(outs[0], outs[1]) && count_lines(outs[0]) == 39,  // run() drops the last line end
+              "%s -f: 40 lines, --parallel 7 --kv-pool 70 = --parallel 1 (%d line ends)", nano, count_lines(outs[0]));
+        free(outs[0]), free(outs[1]);
+    }
     // The same line alone gives what it gave among the others.
     char *out = tmp_path("parallel1.jsonl");
     char *args[] = {"-m", TINY, "-f", one, "-o", out, "-n", "12", "-c", "48", "--raw", "--ref", "-s", "2", "--parallel", "5", NULL};
