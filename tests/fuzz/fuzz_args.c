@@ -33,7 +33,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         for (int i = 0; i < o.n_stops; i++)
             if (!o.stops[i][0]) abort();
         for (int k = 0; k < N_SETTINGS; k++)
-            if (!isnan(o.sampling[k]) && !(o.sampling[k] >= settings[k].lo && o.sampling[k] <= settings[k].hi)) abort();
+            if (!isnan(o.sampling[k]) && !(o.sampling[k] >= (float)settings[k].lo && o.sampling[k] <= (float)settings[k].hi))
+                abort();  // the range as parse_float checks it, in float (--repeat-penalty .01 is 0.01f, below 0.01)
     }
     fuzz_armed = 0;
     free(o.stops);
