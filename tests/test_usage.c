@@ -182,7 +182,7 @@ static void tmux_keys(const char *session, int n_prompts, const char *keys) {
 
 // The line editor on a real terminal: editing keys, history, a continued line and a bracketed paste.
 static void test_line_editor(const char *nano) {
-    char session[64], status[600], pane[600], cmd[1400];
+    char session[64], status[600], pane[600], cmd[2400];
     snprintf(session, sizeof session, "nano-edit-%d", (int)getpid());
     snprintf(status, sizeof status, "%s", tmp_path("edit-status.txt"));
     snprintf(cmd, sizeof cmd, "%s -m %s -i -n 2 --temp 0 --ref --verbose-prompt 2>&1", nano, TINY);
@@ -201,8 +201,11 @@ static void test_line_editor(const char *nano) {
              session, session, session);
     ok &= system(cmd) == 0;
     snprintf(pane, sizeof pane, "%s", tmp_path("edit-pane.txt"));
-    snprintf(cmd, sizeof cmd, "for i in $(seq 120); do [ -s %s ] && break; sleep 0.5; done; tmux capture-pane -p -S -300 -t %s > %s", status,
-             session, pane);
+    // A Ctrl-D that still met the line discipline (a loaded machine) is lost: another every 5 s until nano exits.
+    snprintf(cmd, sizeof cmd,
+             "for i in $(seq 120); do [ -s %s ] && break; [ $((i %% 10)) = 0 ] && tmux send-keys -t %s C-d; sleep 0.5; done; "
+             "tmux capture-pane -p -S -300 -t %s > %s",
+             status, session, session, pane);
     ok &= system(cmd) == 0;
     char *screen = slurp(pane), *st = slurp(status);
     const char *want[] = {"user\nHelXlo<|im_end|>", "user\nAHelXlo!<|im_end|>", "user\none\ntwo<|im_end|>", "user\npa\nste<|im_end|>"};
@@ -216,7 +219,7 @@ static void test_line_editor(const char *nano) {
 
 // --perplexity on a terminal: a progress line with the running estimate.
 static void test_perplexity_progress(const char *nano) {
-    char session[64], status[600], pane[600], cmd[1400];
+    char session[64], status[600], pane[600], cmd[2400];
     snprintf(session, sizeof session, "nano-ppl-%d", (int)getpid());
     snprintf(status, sizeof status, "%s", tmp_path("ppl-status.txt"));
     snprintf(pane, sizeof pane, "%s", tmp_path("ppl-pane.txt"));
