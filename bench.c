@@ -151,7 +151,7 @@ static void bench_args(BenchOptions *o, int argc, char **argv) {
             } else if (!strcmp(a, "-p")) parse_list(a, value(a, v), 0, 1 << 20, &o->pp);
             else if (!strcmp(a, "-n")) parse_list(a, value(a, v), 0, 1 << 20, &o->tg);
             else if (!strcmp(a, "-d")) parse_list(a, value(a, v), 0, 1 << 24, &o->depth);
-            else if (!strcmp(a, "-np")) parse_list(a, value(a, v), 1, 256, &o->par);
+            else if (!strcmp(a, "-np")) parse_list(a, value(a, v), 1, MAX_PARALLEL, &o->par);
             else if (!strcmp(a, "-r")) o->reps = parse_int(a, value(a, v), 1, 1000);
             else if (!strcmp(a, "-b") || !strcmp(a, "--batch")) o->batch = parse_int(a, value(a, v), 1, 1 << 16);
             else if (!strcmp(a, "-t") || !strcmp(a, "--threads")) o->threads = parse_int(a, value(a, v), 1, 256);

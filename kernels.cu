@@ -75,12 +75,11 @@ typedef struct {
     // Batched decode (forward_seqs): a row per sequence, n_seqs of them
     Acts rows;
     int n_seqs;
-    int *row_state, *h_row_state;   // [4][n_seqs] id, position (-1: no token this step), extent base, the
-    int *rank_rows, *h_rank_rows;   // sequences whose rows are ranked (rank_rows); pinned copy
+    int *row_state, *h_row_state;   // [4][n_seqs] id, position (-1: no token this step), extent base, and
+    int *rank_rows, *h_rank_rows;   // rank_rows: row r of the last forward_seqs is sequence rank_rows[r]; pinned copy
     unsigned long long *row_kept;   // [n_seqs][top_slices][TOP_KEEP]
     int *row_bad;                   // [n_seqs][top_slices]
     TopResult *row_top, *h_row_top; // [n_seqs]
-    int *row_seq;                   // [n_seqs] the sequence of each row of the last forward_seqs
     float *row_part, *row_part_ml;  // kernel_attn_rows' chunk results and tickets, per row
     unsigned *row_tick;
     cudaGraphExec_t rows_gexec;
@@ -498,7 +497,6 @@ static int cu_seqs(Engine *e, int n_seqs, char *why, size_t whylen) {
     CUDA_CHECK(cudaMallocHost((void **)&c->h_row_state, 4 * M * 4), "cudaMallocHost");
     c->h_rank_rows = c->h_row_state + 3 * M;
     CUDA_CHECK(cudaMallocHost((void **)&c->h_row_top, M * sizeof(TopResult)), "cudaMallocHost");
-    c->row_seq = (int *)xcalloc(M, sizeof(int));
     size_t units = M * d.Hkv * ROWS_CHUNKS * c->gq;
     c->row_part = (float *)dev_alloc(c, units * d.D * 4, sb, sw);
     c->row_part_ml = (float *)dev_alloc(c, units * 2 * 4, sb, sw);
@@ -519,7 +517,6 @@ static void cu_forward_seqs(Engine *e, const SeqRow *rows, int n_rows, int n_ids
     for (int i = 0; i < n_rows; i++) {
         const SeqRow &w = rows[i];
         if (w.n == 1) ids[w.seq] = w.ids[0], pos[w.seq] = w.pos, base[w.seq] = w.base, n_one++;
-        c->row_seq[i] = w.seq;
         c->h_rank_rows[i] = w.seq;
     }
     CUDA_CHECK(cudaMemcpyAsync(c->row_state, c->h_row_state, 4 * (size_t)M * 4, cudaMemcpyHostToDevice, c->st), "row state copy");
@@ -542,7 +539,7 @@ static void cu_forward_seqs(Engine *e, const SeqRow *rows, int n_rows, int n_ids
 
 static void cu_row_logits(Engine *e, int row, float *logits) {
     CudaEngine *c = (CudaEngine *)e;
-    logits_to_host(c, c->rows.logits + (size_t)c->row_seq[row] * c->d.V, logits, "logits copy");
+    logits_to_host(c, c->rows.logits + (size_t)c->h_rank_rows[row] * c->d.V, logits, "logits copy");
 }
 
 static void cu_last_logits(Engine *e, float *logits) {
@@ -565,7 +562,6 @@ static void cu_free(Engine *e) {
     if (c->rows_gexec) cudaGraphExecDestroy(c->rows_gexec);
     if (c->h_row_state) cudaFreeHost(c->h_row_state);
     if (c->h_row_top) cudaFreeHost(c->h_row_top);
-    free(c->row_seq);
     if (c->h_dbg) cudaFreeHost(c->h_dbg);
     if (c->h_x) cudaFreeHost(c->h_x);
     if (c->st) cudaStreamDestroy(c->st);

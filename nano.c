@@ -26,7 +26,6 @@
 #define DEFAULT_BATCH 128
 #define DEFAULT_N_PREDICT 256
 #define DEFAULT_PARALLEL 32     // -f on the GPU: sequences decoding together
-#define MAX_PARALLEL 256
 #define MAX_POOL (1 << 30)      // positions of a KV pool
 #define BATCH_FAILED 3  // exit status of -f when some prompts failed (their results carry the error)
 
@@ -457,9 +456,6 @@ static void session_close(Session *s) {
     picker_free(&s->next);
 }
 
-// Appends ids to the cache and runs them, leaving the last one's logits (and every position's in
-// all_logits, n x vocab, when not NULL). Returns 0, or -1 with err set when they do not fit or an id is
-// outside the embedding (nothing is run then).
 // Whether ids[0..n) can follow pos tokens of a context: 0, or -1 with err saying why not.
 static int tokens_fit(const Session *s, const int *ids, int n, int pos, char *err, size_t errlen) {
     if (n == 0 && pos == 0) {  // nothing to compute logits from
@@ -478,6 +474,9 @@ static int tokens_fit(const Session *s, const int *ids, int n, int pos, char *er
     return 0;
 }
 
+// Appends ids to the cache and runs them, leaving the last one's logits (and every position's in
+// all_logits, n x vocab, when not NULL). Returns 0, or -1 with err set when they do not fit or an id is
+// outside the embedding (nothing is run then).
 static int session_feed(Session *s, const int *ids, int n, float *all_logits, char *err, size_t errlen) {
     if (tokens_fit(s, ids, n, s->pos, err, errlen)) return -1;
     if (n == 0) return 0;
@@ -1419,9 +1418,8 @@ static int seq_pick(Session *s, Seq *q) {
 static int batch_mode(Session *s, const Options *o, Batch *b) {
     FILE *out = b->out;
     const char *out_name = o->out ? o->out : "stdout";
-    int progress = isatty(2) && !o->quiet, n_done = 0, n_err = 0, N = s->n_seqs;
+    int progress = isatty(2) && !o->quiet, n_done = b->total - batch_remaining(b), n_err = 0, N = s->n_seqs;
     long n_tok = 0;
-    for (long i = 1; i <= b->n_lines; i++) n_done += b->done[i];
     double t_start = now_seconds();
     int skipped = n_done;
     SamplerConfig defaults = s->sampler.c;
@@ -1443,7 +1441,6 @@ static int batch_mode(Session *s, const Options *o, Batch *b) {
     }
     SeqRow *rows = xcalloc((size_t)N, sizeof *rows);
     TopLogits *tops = xcalloc((size_t)N, sizeof *tops);
-    int *row_seq = xcalloc((size_t)N, sizeof *row_seq);
     ResultQueue rq = {0};
     LineReader r;
     open_prompts(&r, o->file);
@@ -1487,15 +1484,14 @@ static int batch_mode(Session *s, const Options *o, Batch *b) {
             Seq *q = &seqs[k];
             if (!q->id || q->base < 0) continue;
             int prompt = q->pos == 0;
-            rows[n_rows] = (SeqRow){.seq = k, .base = q->base, .ids = prompt ? q->ids : &q->next, .n = prompt ? q->n_ids : 1, .pos = q->pos};
-            row_seq[n_rows++] = k;
+            rows[n_rows++] = (SeqRow){.seq = k, .base = q->base, .ids = prompt ? q->ids : &q->next, .n = prompt ? q->n_ids : 1, .pos = q->pos};
         }
         if (!n_rows) break;
         if (N > 1) s->engine->forward_seqs(s->engine, rows, n_rows, s->sampler.n_ids, tops);
-        else picker_forward(&seqs[row_seq[0]].picker, rows[0].ids, rows[0].n, rows[0].pos);
+        else picker_forward(&seqs[rows[0].seq].picker, rows[0].ids, rows[0].n, rows[0].pos);
         for (int i = 0; i < n_rows; i++) {
-            Seq *q = &seqs[row_seq[i]];
             const SeqRow *w = &rows[i];
+            Seq *q = &seqs[w->seq];
             if (N > 1) picker_set_row(&q->picker, &tops[i], i, w->pos + w->n - 1);
             memcpy(q->tokens + q->pos, w->ids, (size_t)w->n * sizeof *w->ids);
             q->pos += w->n;
@@ -1526,7 +1522,7 @@ static int batch_mode(Session *s, const Options *o, Batch *b) {
         picker_free(&seqs[k].picker);
         free(seqs[k].tokens);
     }
-    free(seqs), free(rows), free(tops), free(row_seq), free(rq.line);
+    free(seqs), free(rows), free(tops), free(rq.line);
     kv_pool_free(&pool);
     free(b->done);
     free(b->hash);

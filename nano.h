@@ -222,6 +222,8 @@ void kv_write(const KVCache *kv, int part, int layer, int head, int pos, const f
 void kv_read(const KVCache *kv, int part, int layer, int head, int pos, float *dst);
 void kv_hadamard(float *x, int D);  // the normalized Walsh-Hadamard rotation, in place (D a power of two)
 
+#define MAX_PARALLEL 256  // most sequences an engine serves at once (-f --parallel, --bench -np)
+
 // A pool of positions shared by sequences (batched generation): each sequence holds one extent, a run
 // of positions of the engine's cache (kv_view), from the first gap that fits. A short prompt takes a
 // short extent, so short and long prompts share the memory.

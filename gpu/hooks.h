@@ -48,8 +48,9 @@ double cuda_engine_time(Engine *e, void (*fn)(void *ctx), void *ctx);
 // Where a batched decode step's time goes (after a forward_seqs of one token per row, on those rows),
 // in milliseconds averaged over reps: ms[0] the whole step, then each kind of its launches alone over
 // every layer: [1] the GEMMs, [2] the QKV finish, [3] the attention, [4] the residual adds and norms,
-// [5] SiLU; and [6] ranking every row's logits. It overwrites the rows' activations and their K and V
-// at the rows' positions (the benchmark calls it after a test, whose next run writes them again).
+// [5] SiLU; and [6] ranking every row's logits. It overwrites the rows' activations, their K and V at
+// the rows' positions and which sequence each ranked row is (the benchmark calls it after a test, whose
+// next run sets them again).
 #define ROWS_TIMES 7
 void cuda_engine_rows_times(Engine *e, int reps, double ms[ROWS_TIMES]);
 // Device 0's name and the driver's and runtime's CUDA versions (12040 is 12.4); 0 when there is no GPU.
