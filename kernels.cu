@@ -1160,16 +1160,25 @@ extern "C" void cuda_engine_rows_times(Engine *e, int reps, double ms[ROWS_TIMES
     CUDA_CHECK(cudaEventCreate(&t0), "cudaEventCreate");
     CUDA_CHECK(cudaEventCreate(&t1), "cudaEventCreate");
     for (int part = 0; part < ROWS_TIMES; part++) {
-        CUDA_CHECK(cudaEventRecord(t0, c->st), "cudaEventRecord");
+        // reps of the part as one CUDA graph (as the step runs), launched once to warm up, then timed
+        cudaGraph_t g = NULL;
+        cudaGraphExec_t ge = NULL;
+        CUDA_CHECK(cudaStreamBeginCapture(c->st, cudaStreamCaptureModeThreadLocal), "cudaStreamBeginCapture (rows timing)");
         for (int r = 0; r < reps; r++) {
-            if (part == 0) rows_step_run(c);
+            if (part == 0) rows_step(c);
             else rows_part(c, part);
         }
+        CUDA_CHECK(cudaStreamEndCapture(c->st, &g), "cudaStreamEndCapture (rows timing)");
+        CUDA_CHECK(cudaGraphInstantiate(&ge, g, 0), "cudaGraphInstantiate (rows timing)");
+        CUDA_CHECK(cudaGraphLaunch(ge, c->st), "cudaGraphLaunch (rows timing)");
+        CUDA_CHECK(cudaEventRecord(t0, c->st), "cudaEventRecord");
+        CUDA_CHECK(cudaGraphLaunch(ge, c->st), "cudaGraphLaunch (rows timing)");
         CUDA_CHECK(cudaEventRecord(t1, c->st), "cudaEventRecord");
         CUDA_CHECK(cudaEventSynchronize(t1), "rows timing");
         float t = 0;
         CUDA_CHECK(cudaEventElapsedTime(&t, t0, t1), "cudaEventElapsedTime");
         ms[part] = t / reps;
+        cudaGraphExecDestroy(ge), cudaGraphDestroy(g);
     }
     cudaEventDestroy(t0), cudaEventDestroy(t1);
 }

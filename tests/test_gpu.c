@@ -488,10 +488,11 @@ static void test_ranking(const char *name, const Model *m, const int *ids, int n
 
 // Batched generation (forward_seqs): a sequence X generates the same logits, bit for bit, and so the
 // same greedy ids, alone, beside one other sequence, in the 5th of 7 rows and in the last of 32 rows,
-// whatever the others do (their prompts of 1 to 40 ids, starting and finishing at other steps); and
+// whatever the others do (their prompts of 1 to 40 ids, starting and finishing at other steps); X's
+// context is long enough for the batched attention to split it into chunks (ROWS_MIN_CHUNK); and
 // its greedy ids equal the reference's up to the first near-tie, with its logits close to the
 // reference's on the same ids.
-enum { SEQ_ROWS = 32, SEQ_STEPS = 24, SEQ_SPAN = 40 + SEQ_STEPS };
+enum { SEQ_ROWS = 32, SEQ_STEPS = 24, SEQ_X_PROMPT = 300, SEQ_SPAN = SEQ_X_PROMPT + SEQ_STEPS };
 
 // Runs the sequences (prompt k: prompts[k][0..lens[k]), in row slots[k], starting at step start[k],
 // generating until step stop[k]) greedily from the GPU's ranking; X (k = 0) starts at step 0 and runs
@@ -539,9 +540,9 @@ static void test_seqs(const char *name, const Model *m, const int *prompt, int n
     const char *fmt = kv_format_name(kvf);
     int *prompts[SEQ_ROWS], lens[SEQ_ROWS];
     uint32_t r = 777;
-    lens[0] = n_prompt < 40 ? n_prompt : 40;
-    prompts[0] = xmalloc(40 * sizeof(int));
-    memcpy(prompts[0], prompt, (size_t)lens[0] * sizeof(int));
+    lens[0] = SEQ_X_PROMPT;  // the fixture's prompt, then random ids
+    prompts[0] = xmalloc(SEQ_X_PROMPT * sizeof(int));
+    for (int i = 0; i < SEQ_X_PROMPT; i++) r = r * 1664525u + 1013904223u, prompts[0][i] = i < n_prompt ? prompt[i] : (int)((r >> 8) % (uint32_t)V);
     for (int k = 1; k < SEQ_ROWS; k++) {
         lens[k] = 1 + (k * 13) % 40;
         prompts[k] = xmalloc(40 * sizeof(int));
