@@ -64,28 +64,59 @@ __device__ bool attention_unit(const DecodeParams &p, int layer, int g, int c, i
                     wv[a] = 0;
                 }
             }
+            // The pass's scores first, independent of one another (a lane group's dot product summed
+            // over its lanes), then one online-softmax update per head for all UA positions, so that
+            // only the update waits on the one before it.
+            float sc[UA][HP];
+#pragma unroll
+            for (int a = 0; a < UA; a++) {
+                float kf[8];
+                kv_unpack8(KC, kr[a], kf);
+#pragma unroll
+                for (int h = 0; h < HP; h++) {
+                    float t = WIDE ? qw[h] * wv[a] : 0.0f;
+#pragma unroll
+                    for (int e = 0; e < 8; e++) t = fmaf(qr[h][e], kf[e], t);
+                    sc[a][h] = t;
+                }
+            }
+            for (int o = LG >> 1; o; o >>= 1)
+#pragma unroll
+                for (int a = 0; a < UA; a++)
+#pragma unroll
+                    for (int h = 0; h < HP; h++) sc[a][h] += __shfl_xor_sync(0xffffffffu, sc[a][h], o);
+#pragma unroll
+            for (int h = 0; h < HP; h++) {
+                float mx = -INFINITY;
+#pragma unroll
+                for (int a = 0; a < UA; a++)
+                    if (jb + a * step + lg < c1) mx = fmaxf(mx, sc[a][h]);
+                if (mx == -INFINITY) {  // no position of this lane group in the pass: nothing to add
+#pragma unroll
+                    for (int a = 0; a < UA; a++) sc[a][h] = 0;
+                    continue;
+                }
+                const float mn = fmaxf(m[h], mx), cf = exp2f(m[h] - mn);
+                float ps = 0;
+#pragma unroll
+                for (int a = 0; a < UA; a++) {
+                    sc[a][h] = jb + a * step + lg < c1 ? exp2f(sc[a][h] - mn) : 0.0f;  // the weight p
+                    ps += sc[a][h];
+                }
+                l[h] = l[h] * cf + ps;
+#pragma unroll
+                for (int e = 0; e < 8; e++) acc[h][e] *= cf;
+                m[h] = mn;
+            }
 #pragma unroll
             for (int a = 0; a < UA; a++) {
                 if (jb + a * step >= c1) break;  // warp-uniform: no lane group of the warp has a position left
-                const bool valid = jb + a * step + lg < c1;
-                float kf[8], vf[8];
-                kv_unpack8(KC, kr[a], kf);
+                float vf[8];
                 kv_unpack8(VC, vr[a], vf);
 #pragma unroll
-                for (int h = 0; h < HP; h++) {
-                    float s = WIDE ? qw[h] * wv[a] : 0.0f;
+                for (int h = 0; h < HP; h++)
 #pragma unroll
-                    for (int e = 0; e < 8; e++) s = fmaf(qr[h][e], kf[e], s);
-                    for (int o = LG >> 1; o; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
-                    if (valid) {
-                        float mn = fmaxf(m[h], s);
-                        float cf = exp2f(m[h] - mn), pf = exp2f(s - mn);
-                        l[h] = l[h] * cf + pf;
-#pragma unroll
-                        for (int e = 0; e < 8; e++) acc[h][e] = acc[h][e] * cf + pf * vf[e];
-                        m[h] = mn;
-                    }
-                }
+                    for (int e = 0; e < 8; e++) acc[h][e] = fmaf(sc[a][h], vf[e], acc[h][e]);
             }
         }
         // Merge the lane groups of the warp (butterfly; every group ends with the merged state).
@@ -226,7 +257,9 @@ __device__ void stage_attention(const DecodeParams &p, int layer, int pos, float
 // against 2.51 with 32-position chunks; one block of 16 warps per row and kv head took 47 us a layer).
 #define ROWS_CHUNKS 8
 #define ROWS_MIN_CHUNK 256
+#ifndef ROWS_WARPS
 #define ROWS_WARPS 4
+#endif
 template <int HP, int FMT>
 __global__ void __launch_bounds__(ROWS_WARPS * 32, NW / ROWS_WARPS) kernel_attn_rows(const __grid_constant__ DecodeParams p,
                                                                                     const int *state, int layer, uint16_t *hi) {

@@ -3,8 +3,9 @@
 // [0, n_ids) and the first non-finite logit of the row.
 //
 // The ranking is nano.h's rank_key(), the host's too: sorting keys in descending order ranks the
-// ids; key 0 stands for "none". Each block ranks a slice of TOP_SLICE ids with a bitonic sort in
-// shared memory and keeps its best TOP_KEEP; one block then ranks what the slices kept the same way.
+// ids; key 0 stands for "none". Each block finds the best TOP_KEEP keys of a slice of TOP_SLICE ids
+// (a radix select, then a bitonic sort of those few); one block then does the same with what the
+// slices kept. Keys are unique but for 0, so the result does not depend on the order of the atomics.
 #ifndef NANO_GPU_TOP_CUH
 #define NANO_GPU_TOP_CUH
 
@@ -29,6 +30,65 @@ __device__ void block_sort_desc(unsigned long long *k, int n) {
                 if ((a < b) == ((lo & size) == 0)) k[lo] = b, k[hi] = a;  // descending runs, then ascending ones
             }
         }
+    __syncthreads();
+}
+
+#define TOP_SELECT 128  // a power of two >= TOP_KEEP: what the radix select hands the sort
+
+// The best TOP_KEEP of the keys k[0..TOP_SLICE) into k[0..TOP_KEEP), in descending order. The threshold
+// is found a byte at a time from the top (a histogram of the keys that share the bytes chosen so far),
+// until the keys above it and those equal to it up to there are TOP_KEEP; the rest of k is left as is.
+__device__ void block_top(unsigned long long *k) {
+    __shared__ unsigned hist[256];
+    __shared__ unsigned long long sel[TOP_SELECT], prefix_s, mask_s;
+    __shared__ int need_s, done_s, n_sel;
+    unsigned long long prefix = 0, mask = 0;
+    int need = TOP_KEEP, done = 0;
+    const int lane = threadIdx.x & 31;
+    for (int shift = 56; shift >= 0 && !done; shift -= 8) {
+        for (int i = threadIdx.x; i < 256; i += blockDim.x) hist[i] = 0;
+        __syncthreads();
+        for (int i = threadIdx.x; i < TOP_SLICE; i += blockDim.x) {  // every lane of a warp iterates alike
+            unsigned long long x = k[i];
+            int digit = (x & mask) == prefix ? (int)(x >> shift) & 255 : -1;
+            unsigned peers = __match_any_sync(0xffffffffu, digit);
+            if (digit >= 0 && lane == __ffs(peers) - 1) atomicAdd(&hist[digit], (unsigned)__popc(peers));
+        }
+        __syncthreads();
+        if (threadIdx.x < 32) {  // the largest digit d with at least need keys at d or above: lane L holds 255 - 8L ..
+            unsigned c[8], sum = 0;
+            for (int j = 0; j < 8; j++) c[j] = hist[255 - 8 * lane - j], sum += c[j];
+            unsigned incl = sum;
+            for (int o = 1; o < 32; o <<= 1) {
+                unsigned t = __shfl_up_sync(0xffffffffu, incl, o);
+                if (lane >= o) incl += t;
+            }
+            unsigned at = __ffs(__ballot_sync(0xffffffffu, incl >= (unsigned)need)) - 1;
+            if (lane == (int)at) {
+                unsigned cum = incl - sum;
+                int j = 0;
+                while (cum + c[j] < (unsigned)need) cum += c[j++];
+                int d = 255 - 8 * lane - j, rest = need - (int)cum;  // keys still to take among those at d
+                prefix_s = prefix | (unsigned long long)d << shift;
+                mask_s = mask | 255ull << shift;
+                need_s = rest;
+                done_s = c[j] == (unsigned)rest;
+            }
+        }
+        __syncthreads();
+        prefix = prefix_s, mask = mask_s, need = need_s, done = done_s;
+    }
+    // The keys above the threshold, and those at it when all of them are taken (otherwise the keys at it
+    // are the repeated key 0: the zeros of sel stand for them).
+    if (threadIdx.x == 0) n_sel = 0;
+    for (int i = threadIdx.x; i < TOP_SELECT; i += blockDim.x) sel[i] = 0;
+    __syncthreads();
+    for (int i = threadIdx.x; i < TOP_SLICE; i += blockDim.x) {
+        unsigned long long x = k[i], top = x & mask;
+        if (top > prefix || (done && top == prefix)) sel[atomicAdd(&n_sel, 1)] = x;
+    }
+    block_sort_desc(sel, TOP_SELECT);
+    for (int i = threadIdx.x; i < TOP_KEEP; i += blockDim.x) k[i] = sel[i];
     __syncthreads();
 }
 
@@ -57,7 +117,7 @@ __global__ void __launch_bounds__(TOP_THREADS) kernel_top_slices(const float *lo
         }
         k[i] = key;
     }
-    block_sort_desc(k, TOP_SLICE);
+    block_top(k);
     for (int i = threadIdx.x; i < TOP_KEEP; i += blockDim.x) kept[(size_t)blockIdx.x * TOP_KEEP + i] = k[i];
     if (threadIdx.x == 0) bad[blockIdx.x] = first_bad;
 }
@@ -76,7 +136,7 @@ __global__ void __launch_bounds__(TOP_THREADS) kernel_top_merge(const float *log
         int take = min(total - done, TOP_SLICE - front);
         for (int i = threadIdx.x; i < TOP_SLICE - front; i += blockDim.x) k[front + i] = i < take ? kept[done + i] : 0;
         done += take;
-        block_sort_desc(k, TOP_SLICE);
+        block_top(k);
     }
     for (int i = threadIdx.x; i < TOP_KEEP; i += blockDim.x) out->key[i] = k[i];
     if (threadIdx.x == 0) {
