@@ -318,8 +318,11 @@ static void launch_attn_rows(CudaEngine *c, int layer) {
     const int *st = c->row_state;
     uint16_t *hi = c->rows.hi;
     size_t sm = (size_t)(ROWS_WARPS * c->hp * d.D + ROWS_WARPS * c->hp * 2) * sizeof(float);
-    void *args[] = {&p, &st, &layer, &hi};
-    CUDA_CHECK(cudaLaunchKernel(attn_rows_kernel(c->hp, c->b.kv.format), dim3(d.Hkv * ROWS_CHUNKS, c->n_seqs), dim3(ROWS_WARPS * 32), args, sm,
+    // Blocks enough for every SM (c->grid: one per SM; a long context's chunks spread over them), no
+    // more: idle blocks cost.
+    int per_head = std::min(ROWS_CHUNKS, std::max(1, (c->grid + d.Hkv * c->n_seqs - 1) / (d.Hkv * c->n_seqs)));
+    void *args[] = {&p, &st, &layer, &per_head, &hi};
+    CUDA_CHECK(cudaLaunchKernel(attn_rows_kernel(c->hp, c->b.kv.format), dim3(d.Hkv * per_head, c->n_seqs), dim3(ROWS_WARPS * 32), args, sm,
                                 c->st),
                "launch of kernel_attn_rows");
 }

@@ -246,30 +246,35 @@ __device__ void stage_attention(const DecodeParams &p, int layer, int pos, float
 
 // Batched decode: row blockIdx.y of the batch attends over positions 0..pos of its own sequence
 // (state: [n_seqs] ids, [n_seqs] positions (-1: none), [n_seqs] extent bases), each kv head's context
-// split into up to ROWS_CHUNKS chunks of ROWS_MIN_CHUNK or more positions, a block each (blockIdx.x =
-// kv head x ROWS_CHUNKS + chunk): the decode stage's units, with q, o, the chunks' partial results and
-// tickets at the row's place (part [n_seqs][Hkv][ROWS_CHUNKS][gq][D], tickets [n_seqs][NH + Hkv]).
-// The block that writes a kv head's output also writes it as the o_proj GEMM's operands (hi
-// [n_seqs][QD], then lo). Small blocks, many of them: a unit's positions go one memory wait after
-// another, so the waits of many blocks must overlap. The chunking depends on the row's context alone
-// (a row's bits do not depend on the batch); up to 256 positions one block per (row, kv head) beats
-// chunks and their merge (measured on 32 rows of Qwen3-8B at 128-256 positions: 1.69 ms a step
-// against 2.51 with 32-position chunks; one block of 16 warps per row and kv head took 47 us a layer).
+// split into up to ROWS_CHUNKS chunks of ROWS_MIN_CHUNK or more positions: the decode stage's units,
+// with q, o, the chunks' partial results and tickets at the row's place (part
+// [n_seqs][Hkv][ROWS_CHUNKS][gq][D], tickets [n_seqs][NH + Hkv]). A kv head has per_head blocks
+// (blockIdx.x = kv head x per_head + b); block b takes chunks b, b + per_head, ... The chunking depends
+// on the row's context alone and a chunk's sums on nothing else, so a row's bits depend neither on the
+// batch nor on per_head. The block that writes a kv head's output also writes it as the o_proj GEMM's
+// operands (hi [n_seqs][QD], then lo).
+// A unit's positions go one memory wait after another, so the waits of many warps must overlap.
+// Measured on the H200, rows of 128-256 positions, f16 (attention's ms a step at 8 / 32 / 64 rows):
+// Qwen3-0.6B, 4 warps 0.42 / 0.51 / 0.70, 8 warps 0.30 / 0.44 / 0.84; Qwen3-8B, 4 warps 0.92 / 1.07 /
+// 1.42, 8 warps 0.62 / 0.90 / 1.72 (64 rows of 8-warp blocks take two waves); 32-position chunks and
+// their merge, or a block per possible chunk, most of them idle, were slower.
+#ifndef ROWS_CHUNKS
 #define ROWS_CHUNKS 8
+#endif
 #define ROWS_MIN_CHUNK 256
 #ifndef ROWS_WARPS
-#define ROWS_WARPS 4
+#define ROWS_WARPS 8
 #endif
 template <int HP, int FMT>
 __global__ void __launch_bounds__(ROWS_WARPS * 32, NW / ROWS_WARPS) kernel_attn_rows(const __grid_constant__ DecodeParams p,
-                                                                                    const int *state, int layer, uint16_t *hi) {
+                                                                                    const int *state, int layer, int per_head,
+                                                                                    uint16_t *hi) {
     extern __shared__ float4 smem_rows[];
     const Dims &d = p.d;
     const int r = blockIdx.y, M = gridDim.y, pos = state[M + r], QD = d.QD;
     if (pos < 0) return;
-    const int g = blockIdx.x / ROWS_CHUNKS, ci = blockIdx.x % ROWS_CHUNKS, n = pos + 1;
+    const int g = blockIdx.x / per_head, n = pos + 1;
     const int CL = max((n + ROWS_CHUNKS - 1) / ROWS_CHUNKS, ROWS_MIN_CHUNK), nc = (n + CL - 1) / CL;
-    if (ci >= nc) return;
     const size_t units = (size_t)d.Hkv * ROWS_CHUNKS * p.gq;
     DecodeParams pr = p;
     pr.kv = kv_view(&p.kv, state[2 * M + r]);
@@ -279,14 +284,16 @@ __global__ void __launch_bounds__(ROWS_WARPS * 32, NW / ROWS_WARPS) kernel_attn_
     pr.part_ml = p.part_ml + (size_t)r * units * 2;
     pr.tick = p.tick + (size_t)r * (d.NH + d.Hkv);
     pr.att_S = ROWS_CHUNKS;
-    if (!attention_unit<HP, Codecs<FMT>::k, Codecs<FMT>::v, FMT != KV_BF16 && FMT != KV_KV4H, ROWS_WARPS>(pr, layer, g, ci, CL, n, nc,
-                                                                                                     (float *)smem_rows))
-        return;
-    __syncthreads();  // the block's stores of o are visible to the whole block
-    const int w = d.gs * d.D;
-    for (int i = threadIdx.x; i < w; i += ROWS_WARPS * 32) {
-        size_t k = (size_t)r * QD + (size_t)g * w + i;
-        bf16_split(pr.o[(size_t)g * w + i], hi + k, hi + (size_t)M * QD + k);
+    for (int ci = blockIdx.x % per_head; ci < nc; ci += per_head) {
+        if (!attention_unit<HP, Codecs<FMT>::k, Codecs<FMT>::v, FMT != KV_BF16 && FMT != KV_KV4H, ROWS_WARPS>(pr, layer, g, ci, CL, n, nc,
+                                                                                                         (float *)smem_rows))
+            continue;
+        __syncthreads();  // the block's stores of o are visible to the whole block
+        const int w = d.gs * d.D;
+        for (int i = threadIdx.x; i < w; i += ROWS_WARPS * 32) {
+            size_t k = (size_t)r * QD + (size_t)g * w + i;
+            bf16_split(pr.o[(size_t)g * w + i], hi + k, hi + (size_t)M * QD + k);
+        }
     }
 }
 

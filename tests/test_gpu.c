@@ -489,10 +489,11 @@ static void test_ranking(const char *name, const Model *m, const int *ids, int n
 // Batched generation (forward_seqs): a sequence X generates the same logits, bit for bit, and so the
 // same greedy ids, alone, beside one other sequence, in the 5th of 7 rows and in the last of 32 rows,
 // whatever the others do (their prompts of 1 to 40 ids, starting and finishing at other steps); X's
-// context is long enough for the batched attention to split it into chunks (ROWS_MIN_CHUNK); and
+// context is long enough for the batched attention to split it into more chunks (ROWS_MIN_CHUNK) than
+// a kv head has blocks with 32 rows on a GPU of 132 SMs (2 or 3 for 4 or 2 kv heads); and
 // its greedy ids equal the reference's up to the first near-tie, with its logits close to the
 // reference's on the same ids.
-enum { SEQ_ROWS = 32, SEQ_STEPS = 24, SEQ_X_PROMPT = 300, SEQ_SPAN = SEQ_X_PROMPT + SEQ_STEPS };
+enum { SEQ_ROWS = 32, SEQ_STEPS = 24, SEQ_X_PROMPT = 800, SEQ_SPAN = SEQ_X_PROMPT + SEQ_STEPS };
 
 // Runs the sequences (prompt k: prompts[k][0..lens[k]), in row slots[k], starting at step start[k],
 // generating until step stop[k]) greedily from the GPU's ranking; X (k = 0) starts at step 0 and runs
