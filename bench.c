@@ -697,9 +697,9 @@ int bench_main(int argc, char **argv) {
                             double ms[ROWS_TIMES];
                             cuda_engine_rows_times(t.e, 20, ms);
                             fprintf(stderr,
-                                    "nano: bench: tg%d x%d: a step %.3f ms on the device; alone: GEMMs %.3f, QKV finish %.3f, attention %.3f, "
+                                    "nano: bench: tg%d x%d: a step %.3f ms on the device; alone: GEMMs %.3f, attention %.3f, "
                                     "adds and norms %.3f, SiLU %.3f; ranking %.3f\n",
-                                    t.n_gen, N, ms[0], ms[1], ms[2], ms[3], ms[4], ms[5], ms[6]);
+                                    t.n_gen, N, ms[0], ms[1], ms[2], ms[3], ms[4], ms[5]);
                         }
                         // Step k of a decode test reads the weights and depth + k + 1 positions of K and V.
                         // Batched: the weights once a step for all N, each sequence's K and V after its prompt.

@@ -288,13 +288,11 @@ static void launch_add_norm(CudaEngine *c, const Acts &a, const float *proj, con
     LAUNCH_CHECK("kernel_add_norm");
 }
 
-// kv: the sequence's cache (prefill: positions pos.. of a's T rows); row_pos, row_base: batched decode,
-// each row's own position (-1: none) and extent of the cache.
-static void launch_qkv_finish(CudaEngine *c, const Acts &a, const KVCache &kv, int layer, int pos, int T, const int *row_pos,
-                              const int *row_base) {
+// kv: the sequence's cache, positions pos.. for a's T rows.
+static void launch_qkv_finish(CudaEngine *c, const Acts &a, const KVCache &kv, int layer, int pos, int T) {
     dim3 grid(T, (c->d.NH + 3) / 4);
     kernel_qkv_finish<<<grid, 128, 4 * c->d.D * sizeof(float), c->st>>>(c->d, c->b.layers, layer, c->b.inv_freq, kv, a.raw,
-                                                                        a.raw + (size_t)T * c->d.NQKV, pos, T, a.q, row_pos, row_base);
+                                                                        a.raw + (size_t)T * c->d.NQKV, pos, T, a.q);
     LAUNCH_CHECK("kernel_qkv_finish");
 }
 
@@ -314,7 +312,7 @@ static void launch_attn_prefill(CudaEngine *c, const Acts &a, const KVCache &kv,
 static void launch_attn_rows(CudaEngine *c, int layer) {
     const Dims &d = c->d;
     DecodeParams p = decode_params(c);
-    p.q = c->rows.q, p.o = c->rows.o, p.part = c->row_part, p.part_ml = c->row_part_ml, p.tick = c->row_tick;
+    p.qkv = c->rows.raw, p.q = c->rows.q, p.o = c->rows.o, p.part = c->row_part, p.part_ml = c->row_part_ml, p.tick = c->row_tick;
     const int *st = c->row_state;
     uint16_t *hi = c->rows.hi;
     size_t sm = (size_t)(ROWS_WARPS * c->hp * d.D + ROWS_WARPS * c->hp * 2) * sizeof(float);
@@ -345,14 +343,12 @@ static void call_hook(CudaEngine *c, int layer, int stage, int T) {
 // Ends with the final norm's output as GEMM operands in a.hi.
 static void run_layers(CudaEngine *c, const Acts &a, int T, const KVCache &kv, int pos, int rows) {
     const Dims &d = c->d;
-    const int *row_pos = rows ? c->row_state + c->n_seqs : NULL, *row_base = rows ? c->row_state + 2 * c->n_seqs : NULL;
     launch_add_norm(c, a, NULL, NULL, c->h_layers[0].in_norm, T);
     for (int l = 0; l < d.L; l++) {
         const DevLayer &w = c->h_layers[l];
         gemm_rows(c, w.wqkv, d.NQKV, d.H, a.hi, T, a.raw, "cublasGemmEx (qkv_proj)");
-        launch_qkv_finish(c, a, kv, l, pos, T, row_pos, row_base);
-        if (rows) launch_attn_rows(c, l);
-        else launch_attn_prefill(c, a, kv, l, pos, T);
+        if (rows) launch_attn_rows(c, l);  // finishes the heads it reads
+        else launch_qkv_finish(c, a, kv, l, pos, T), launch_attn_prefill(c, a, kv, l, pos, T);
         gemm_rows(c, w.wo, d.H, d.QD, a.hi, T, a.proj, "cublasGemmEx (o_proj)");
         launch_add_norm(c, a, a.proj, w.bo, w.post_norm, T);
         if (c->hook && !rows) call_hook(c, l, 0, T);
@@ -950,7 +946,7 @@ static void run_stage_prefill(CudaEngine *c, CudaStage *s) {
     case ST_QKV:
         launch_add_norm(c, c->pre, NULL, NULL, w.in_norm, T);
         gemm_rows(c, w.wqkv, d.NQKV, d.H, c->pre.hi, T, c->pre.raw, "cublasGemmEx (qkv_proj)");
-        launch_qkv_finish(c, c->pre, c->b.kv, s->layer, s->pos, T, NULL, NULL);
+        launch_qkv_finish(c, c->pre, c->b.kv, s->layer, s->pos, T);
         sync_checked(c, "prefill QKV (stage test)");
         to_host(s->out, c->pre.q, (size_t)T * d.QD * 4);
         break;
@@ -1127,13 +1123,13 @@ extern "C" double cuda_engine_time(Engine *e, void (*fn)(void *ctx), void *ctx) 
     return ms / 1e3;
 }
 
-// One kind of the step's launches alone, as rows_step runs them: 1 the GEMMs, 2 the QKV finish, 3 the
-// attention, 4 the residual adds and norms, 5 SiLU, 6 the ranking of every row.
+// One kind of the step's launches alone, as rows_step runs them: 1 the GEMMs, 2 the attention (with the
+// QKV heads' finish), 3 the residual adds and norms, 4 SiLU, 5 the ranking of every row.
 static void rows_part(CudaEngine *c, int part) {
     const Dims &d = c->d;
     const Acts &a = c->rows;
     const int M = c->n_seqs;
-    if (part == 6) {
+    if (part == 5) {
         kernel_top_slices<<<dim3(c->top_slices, M), TOP_THREADS, 0, c->st>>>(a.logits, c->rank_rows, d.V, d.V, c->row_kept, c->row_bad);
         kernel_top_merge<<<dim3(1, M), TOP_THREADS, 0, c->st>>>(a.logits, c->rank_rows, d.V, c->row_kept, c->row_bad, c->top_slices, c->row_top);
         return;
@@ -1147,10 +1143,9 @@ static void rows_part(CudaEngine *c, int part) {
             gemm_rows(c, w.wd, d.H, d.I, a.hi, M, a.proj, "cublasGemmEx (down_proj)");
             if (l + 1 == d.L) gemm_rows(c, c->b.lm_head, d.V, d.H, a.hi, M, a.logits, "cublasGemmEx (lm_head)");
         }
-        if (part == 2) launch_qkv_finish(c, a, c->b.kv, l, 0, M, c->row_state + M, c->row_state + 2 * M);
-        if (part == 3) launch_attn_rows(c, l);
-        if (part == 4) launch_add_norm(c, a, a.proj, w.bo, w.post_norm, M), launch_add_norm(c, a, a.proj, NULL, w.in_norm, M);
-        if (part == 5) launch_silu(c, a, M);
+        if (part == 2) launch_attn_rows(c, l);
+        if (part == 3) launch_add_norm(c, a, a.proj, w.bo, w.post_norm, M), launch_add_norm(c, a, a.proj, NULL, w.in_norm, M);
+        if (part == 4) launch_silu(c, a, M);
     }
 }
 

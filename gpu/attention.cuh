@@ -251,7 +251,10 @@ __device__ void stage_attention(const DecodeParams &p, int layer, int pos, float
 // [n_seqs][Hkv][ROWS_CHUNKS][gq][D], tickets [n_seqs][NH + Hkv]). A kv head has per_head blocks
 // (blockIdx.x = kv head x per_head + b); block b takes chunks b, b + per_head, ... The chunking depends
 // on the row's context alone and a chunk's sums on nothing else, so a row's bits depend neither on the
-// batch nor on per_head. The block that writes a kv head's output also writes it as the o_proj GEMM's
+// batch nor on per_head. Each block first finishes the heads it needs from the QKV GEMM's output (p.qkv:
+// hi products [n_seqs][NQKV], then lo): the group's q heads (every block of the kv head alike: the same
+// bits), and in the block with the last chunk the new K and V, written into the cache at pos before
+// that chunk reads them. The block that writes a kv head's output also writes it as the o_proj GEMM's
 // operands (hi [n_seqs][QD], then lo).
 // A unit's positions go one memory wait after another, so the waits of many warps must overlap.
 // Measured on the H200, rows of 128-256 positions, f16 (attention's ms a step at 8 / 32 / 64 rows):
@@ -284,7 +287,16 @@ __global__ void __launch_bounds__(ROWS_WARPS * 32, NW / ROWS_WARPS) kernel_attn_
     pr.part_ml = p.part_ml + (size_t)r * units * 2;
     pr.tick = p.tick + (size_t)r * (d.NH + d.Hkv);
     pr.att_S = ROWS_CHUNKS;
-    for (int ci = blockIdx.x % per_head; ci < nc; ci += per_head) {
+    const int b = blockIdx.x % per_head;
+    if (b >= nc) return;
+    const int warp = threadIdx.x >> 5, n_heads = d.gs + (b == (nc - 1) % per_head ? 2 : 0);
+    for (int k = warp; k < n_heads; k += ROWS_WARPS) {  // q heads, then k and v
+        const int h = k < d.gs ? g * d.gs + k : k == d.gs ? d.Hq + g : d.Hq + d.Hkv + g;
+        finish_head<FMT>(d, p.layers[layer], p.inv_freq, pr.kv, p.qkv + (size_t)r * d.NQKV, p.qkv + (size_t)(M + r) * d.NQKV, h, layer,
+                         pos, pr.q, (float *)smem_rows + warp * d.D);
+    }
+    __syncthreads();  // q, K and V are written
+    for (int ci = b; ci < nc; ci += per_head) {
         if (!attention_unit<HP, Codecs<FMT>::k, Codecs<FMT>::v, FMT != KV_BF16 && FMT != KV_KV4H, ROWS_WARPS>(pr, layer, g, ci, CL, n, nc,
                                                                                                          (float *)smem_rows))
             continue;

@@ -47,11 +47,11 @@ int cuda_engine_wo_split(Engine *e);  // the o_proj split in use (--wo-split, or
 double cuda_engine_time(Engine *e, void (*fn)(void *ctx), void *ctx);
 // Where a batched decode step's time goes (after a forward_seqs of one token per row, on those rows),
 // in milliseconds averaged over reps: ms[0] the whole step, then each kind of its launches alone over
-// every layer: [1] the GEMMs, [2] the QKV finish, [3] the attention, [4] the residual adds and norms,
-// [5] SiLU; and [6] ranking every row's logits. It overwrites the rows' activations, their K and V at
+// every layer: [1] the GEMMs, [2] the attention (with the QKV heads' finish), [3] the residual adds and
+// norms, [4] SiLU; and [5] ranking every row's logits. It overwrites the rows' activations, their K and V at
 // the rows' positions and which sequence each ranked row is (the benchmark calls it after a test, whose
 // next run sets them again).
-#define ROWS_TIMES 7
+#define ROWS_TIMES 6
 void cuda_engine_rows_times(Engine *e, int reps, double ms[ROWS_TIMES]);
 // Device 0's name and the driver's and runtime's CUDA versions (12040 is 12.4); 0 when there is no GPU.
 int cuda_device_info(char *name, size_t namelen, int *driver, int *runtime);

@@ -38,17 +38,13 @@ __global__ void kernel_add_norm(float *x, const float *proj, const float *proj_l
     }
 }
 
-// One warp per (token, head) of [Wq;Wk;Wv]'s output: token t at position pos + t of kv, or (batched
-// decode, row_pos given) at row_pos[t] of the extent of kv that starts at row_base[t] (none when -1).
+// One warp per (token, head) of [Wq;Wk;Wv]'s output: token t at position pos + t of kv.
 __global__ void kernel_qkv_finish(Dims d, const DevLayer *layers, int layer, const float *inv_freq, const KVCache kv,
-                                  const float *raw, const float *raw_lo, int pos, int T, float *q, const int *row_pos, const int *row_base) {
+                                  const float *raw, const float *raw_lo, int pos, int T, float *q) {
     extern __shared__ float fs[];
     int warp = threadIdx.x >> 5, h = blockIdx.y * (blockDim.x >> 5) + warp, t = blockIdx.x;
     if (h >= d.NH || t >= T) return;
-    const int p = row_pos ? row_pos[t] : pos + t;
-    if (p < 0) return;
-    const KVCache view = row_pos ? kv_view(&kv, row_base[t]) : kv;
-    finish_head<-1>(d, layers[layer], inv_freq, view, raw + (size_t)t * d.NQKV, raw_lo + (size_t)t * d.NQKV, h, layer, p,
+    finish_head<-1>(d, layers[layer], inv_freq, kv, raw + (size_t)t * d.NQKV, raw_lo + (size_t)t * d.NQKV, h, layer, pos + t,
                     q + (size_t)t * d.QD, fs + warp * d.D);
 }
 
