@@ -261,13 +261,9 @@ __device__ void stage_attention(const DecodeParams &p, int layer, int pos, float
 // Qwen3-0.6B, 4 warps 0.42 / 0.51 / 0.70, 8 warps 0.30 / 0.44 / 0.84; Qwen3-8B, 4 warps 0.92 / 1.07 /
 // 1.42, 8 warps 0.62 / 0.90 / 1.72 (64 rows of 8-warp blocks take two waves); 32-position chunks and
 // their merge, or a block per possible chunk, most of them idle, were slower.
-#ifndef ROWS_CHUNKS
 #define ROWS_CHUNKS 8
-#endif
 #define ROWS_MIN_CHUNK 256
-#ifndef ROWS_WARPS
 #define ROWS_WARPS 8
-#endif
 template <int HP, int FMT>
 __global__ void __launch_bounds__(ROWS_WARPS * 32, NW / ROWS_WARPS) kernel_attn_rows(const __grid_constant__ DecodeParams p,
                                                                                     const int *state, int layer, int per_head,

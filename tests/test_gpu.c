@@ -467,7 +467,31 @@ static void test_ranking(const char *name, const Model *m, const int *ids, int n
         check(!memcmp(a, b, sizeof a), "%s: %d %s tokens picked from the GPU's ranking = picked from all logits", name, NP,
               i ? "seeded top-k 20, penalty 1.3" : "greedy");
     }
+    // Fewer ids ranked than kept (the ranking's select runs out of keys and pads with none)
+    pre->forward(pre, ids, n, 0, lg, 0);
+    top_logits(lg, V, 10, &want);
+    pre->forward_top(pre, ids, n, 0, 10, &got);
+    check(same_ranking(&want, &got) && got.n == 10 && got.next == -INFINITY,
+          "%s: 10 ids ranked on the GPU = top_logits() on the host (%d listed, next %g)", name, got.n, got.next);
     pre->free(pre), dec->free(dec);
+    // An lm_head of zeros: every logit 0, ranked by id alone (the select goes down to the ids' bytes).
+    Model flat = *m;
+    size_t head_bytes = (size_t)m->lm_head.rows * m->lm_head.cols * 2;
+    uint16_t *zeros = xmalloc(head_bytes);
+    memset(zeros, 0, head_bytes);
+    flat.lm_head.data = zeros;
+    flat.cfg.tied = 0;
+    Engine *fe = cuda_engine_create(&flat, n + 1, KV_F16, 64, 0, why, sizeof why);
+    if (fe) {
+        memset(lg, 0, (size_t)V * 4);
+        top_logits(lg, V, n_ids, &want);
+        fe->forward_top(fe, ids, n, 0, n_ids, &got);
+        check(same_ranking(&want, &got) && got.id[0] == 0 && got.id[TOP_LOGITS_MAX - 1] == TOP_LOGITS_MAX - 1,
+              "%s: equal logits ranked on the GPU by id = top_logits() on the host (ids %d .. %d, next %g)", name, got.id[0],
+              got.id[got.n - 1], got.next);
+        fe->free(fe);
+    } else check(0, "%s: GPU engine: %s", name, why);
+    free(zeros);
     // A NaN in lm_head's row 5 (rounded_model's matrices are bf16): every position's logit 5 is NaN.
     Model poisoned = *m;
     size_t bytes = (size_t)m->lm_head.rows * m->lm_head.cols * 2;
