@@ -25,7 +25,7 @@
 #define DEFAULT_CTX 4096
 #define DEFAULT_BATCH 128
 #define DEFAULT_N_PREDICT 256
-#define DEFAULT_PARALLEL 32     // -f on the GPU: sequences decoding together
+#define DEFAULT_PARALLEL 64     // -f on the GPU: sequences decoding together (H200: 1.5-1.6x 32's tok/s)
 #define MAX_POOL (1 << 30)      // positions of a KV pool
 #define BATCH_FAILED 3  // exit status of -f when some prompts failed (their results carry the error)
 
