@@ -154,21 +154,9 @@ static float *upload_vector(CudaEngine *c, const Tensor *t) {
     return dv;
 }
 
-// The decode kernel's instance for q heads per lane hp and a GPU KV format.
-template <int HP>
-static const void *decode_kernel_hp(KVFormat f) {
-    switch (f) {
-    case KV_F16: return (const void *)kernel_decode<HP, KV_F16>;
-    case KV_INT8: return (const void *)kernel_decode<HP, KV_INT8>;
-    case KV_K8V4: return (const void *)kernel_decode<HP, KV_K8V4>;
-    case KV_KV4H: return (const void *)kernel_decode<HP, KV_KV4H>;
-    default: return (const void *)kernel_decode<HP, KV_BF16>;
-    }
-}
-
-static const void *decode_kernel(int hp, KVFormat f) {
-    return hp == 1 ? decode_kernel_hp<1>(f) : hp == 2 ? decode_kernel_hp<2>(f) : decode_kernel_hp<4>(f);
-}
+template <int HP, int FMT> struct DecodeKernel {
+    static const void *fn() { return (const void *)kernel_decode<HP, FMT>; }
+};
 
 static void launch_decode(CudaEngine *c, DecodeParams *p) {
     void *args[] = {p};
@@ -320,7 +308,7 @@ static void launch_attn_rows(CudaEngine *c, int layer) {
     // more: idle blocks cost.
     int per_head = std::min(ROWS_CHUNKS, std::max(1, (c->grid + d.Hkv * c->n_seqs - 1) / (d.Hkv * c->n_seqs)));
     void *args[] = {&p, &st, &layer, &per_head, &hi};
-    CUDA_CHECK(cudaLaunchKernel(attn_rows_kernel(c->hp, c->b.kv.format), dim3(d.Hkv * per_head, c->n_seqs), dim3(ROWS_WARPS * 32), args, sm,
+    CUDA_CHECK(cudaLaunchKernel(kernel_instance<AttnRowsKernel>(c->hp, c->b.kv.format), dim3(d.Hkv * per_head, c->n_seqs), dim3(ROWS_WARPS * 32), args, sm,
                                 c->st),
                "launch of kernel_attn_rows");
 }
@@ -648,7 +636,7 @@ extern "C" Engine *cuda_engine_create(const Model *m, int capacity, KVFormat kv,
     c->max_batch = max_batch;
 
     // Grid: one block of NT threads per SM (occupancy permitting), all co-resident for the barriers.
-    c->kfn = decode_kernel(c->hp, kv);
+    c->kfn = kernel_instance<DecodeKernel>(c->hp, kv);
     c->att_S = std::max(1, prop.multiProcessorCount / d.Hkv);
     c->smem = decode_smem(d, c->hp, c->att_S).bytes();
     if (c->smem > (size_t)prop.sharedMemPerBlockOptin) {

@@ -305,19 +305,8 @@ __global__ void __launch_bounds__(ROWS_WARPS * 32, NW / ROWS_WARPS) kernel_attn_
     }
 }
 
-template <int HP>
-static const void *attn_rows_kernel_hp(KVFormat f) {
-    switch (f) {
-    case KV_F16: return (const void *)kernel_attn_rows<HP, KV_F16>;
-    case KV_INT8: return (const void *)kernel_attn_rows<HP, KV_INT8>;
-    case KV_K8V4: return (const void *)kernel_attn_rows<HP, KV_K8V4>;
-    case KV_KV4H: return (const void *)kernel_attn_rows<HP, KV_KV4H>;
-    default: return (const void *)kernel_attn_rows<HP, KV_BF16>;
-    }
-}
-
-static const void *attn_rows_kernel(int hp, KVFormat f) {
-    return hp == 1 ? attn_rows_kernel_hp<1>(f) : hp == 2 ? attn_rows_kernel_hp<2>(f) : attn_rows_kernel_hp<4>(f);
-}
+template <int HP, int FMT> struct AttnRowsKernel {
+    static const void *fn() { return (const void *)kernel_attn_rows<HP, FMT>; }
+};
 
 #endif

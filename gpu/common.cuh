@@ -98,6 +98,23 @@ enum {
 // ---------------------------------------------------------------------------------------------
 // Device helpers
 
+// The instance of a kernel template for q heads per lane hp (1, 2 or 4) and a GPU KV format;
+// K<HP, FMT>::fn() names it (a line beside each kernel template).
+template <template <int, int> class K, int HP>
+static const void *kernel_for_format(KVFormat f) {
+    switch (f) {
+    case KV_F16: return K<HP, KV_F16>::fn();
+    case KV_INT8: return K<HP, KV_INT8>::fn();
+    case KV_K8V4: return K<HP, KV_K8V4>::fn();
+    case KV_KV4H: return K<HP, KV_KV4H>::fn();
+    default: return K<HP, KV_BF16>::fn();
+    }
+}
+template <template <int, int> class K>
+static const void *kernel_instance(int hp, KVFormat f) {
+    return hp == 1 ? kernel_for_format<K, 1>(f) : hp == 2 ? kernel_for_format<K, 2>(f) : kernel_for_format<K, 4>(f);
+}
+
 __device__ __forceinline__ float bf_lo(unsigned u) { return __uint_as_float(u << 16); }
 __device__ __forceinline__ float bf_hi(unsigned u) { return __uint_as_float(u & 0xffff0000u); }
 
