@@ -434,6 +434,15 @@ static void picked(Engine *e, const Model *m, const SamplerConfig *sc, const int
     sampler_free(&s);
 }
 
+// An engine over m with head (bf16, lm_head's shape) as its own lm_head, the embedding unharmed; copy
+// holds the model it reads.
+static Engine *engine_with_head(const Model *m, Model *copy, const uint16_t *head, int capacity, char *why, size_t whylen) {
+    *copy = *m;
+    copy->lm_head.data = head;
+    copy->cfg.tied = 0;
+    return cuda_engine_create(copy, capacity, KV_F16, 64, 0, why, whylen);
+}
+
 static void test_ranking(const char *name, const Model *m, const int *ids, int n) {
     int V = m->cfg.vocab, n_ids = V - 7;
     char why[512];
@@ -475,13 +484,11 @@ static void test_ranking(const char *name, const Model *m, const int *ids, int n
           "%s: 10 ids ranked on the GPU = top_logits() on the host (%d listed, next %g)", name, got.n, got.next);
     pre->free(pre), dec->free(dec);
     // An lm_head of zeros: every logit 0, ranked by id alone (the select goes down to the ids' bytes).
-    Model flat = *m;
-    size_t head_bytes = (size_t)m->lm_head.rows * m->lm_head.cols * 2;
-    uint16_t *zeros = xmalloc(head_bytes);
-    memset(zeros, 0, head_bytes);
-    flat.lm_head.data = zeros;
-    flat.cfg.tied = 0;
-    Engine *fe = cuda_engine_create(&flat, n + 1, KV_F16, 64, 0, why, sizeof why);
+    Model copy;
+    const size_t head_bytes = (size_t)m->lm_head.rows * m->lm_head.cols * 2;
+    uint16_t *head = xmalloc(head_bytes);
+    memset(head, 0, head_bytes);
+    Engine *fe = engine_with_head(m, &copy, head, n + 1, why, sizeof why);
     if (fe) {
         memset(lg, 0, (size_t)V * 4);
         top_logits(lg, V, n_ids, &want);
@@ -491,16 +498,10 @@ static void test_ranking(const char *name, const Model *m, const int *ids, int n
               got.id[got.n - 1], got.next);
         fe->free(fe);
     } else check(0, "%s: GPU engine: %s", name, why);
-    free(zeros);
     // A NaN in lm_head's row 5 (rounded_model's matrices are bf16): every position's logit 5 is NaN.
-    Model poisoned = *m;
-    size_t bytes = (size_t)m->lm_head.rows * m->lm_head.cols * 2;
-    uint16_t *head = xmalloc(bytes);
-    memcpy(head, m->lm_head.data, bytes);
+    memcpy(head, m->lm_head.data, head_bytes);
     head[5 * m->lm_head.cols + 3] = 0x7FC0;  // bf16 NaN
-    poisoned.lm_head.data = head;
-    poisoned.cfg.tied = 0;  // its own lm_head on the device, the embedding unharmed
-    Engine *e = cuda_engine_create(&poisoned, n + 1, KV_F16, 64, 0, why, sizeof why);
+    Engine *e = engine_with_head(m, &copy, head, n + 1, why, sizeof why);
     if (e) {
         e->forward_top(e, ids, n, 0, n_ids, &got);
         check(got.bad_id == 5 && isnan(got.bad_logit), "%s: a NaN in lm_head row 5: the GPU's ranking reports id %d (%g) first non-finite", name,
