@@ -207,12 +207,19 @@ static void test_line_editor(const char *nano) {
              "tmux capture-pane -p -S -300 -t %s > %s",
              status, session, session, pane);
     ok &= system(cmd) == 0;
-    char *screen = slurp(pane), *st = slurp(status);
+    // What nano was doing when it did not exit: its state and wait channel, and the pane's last lines.
+    char state[600];
+    snprintf(state, sizeof state, "%s", tmp_path("edit-state.txt"));
+    snprintf(cmd, sizeof cmd, "ps -o stat=,wchan:24=,args= --ppid $(tmux display -p -t %s '#{pane_pid}') > %s 2>&1; tail -n 4 %s >> %s",
+             session, state, pane, state);
+    if (system(cmd)) {}
+    char *screen = slurp(pane), *st = slurp(status), *why = slurp(state);
     const char *want[] = {"user\nHelXlo<|im_end|>", "user\nAHelXlo!<|im_end|>", "user\none\ntwo<|im_end|>", "user\npa\nste<|im_end|>"};
     for (int i = 0; i < 4; i++)
         check(ok && strstr(screen, want[i]), "%s -i under tmux: the editor sends '%s'", nano, strchr(want[i], '\n') + 1);
-    check(!strcmp(st, "exit=0\n"), "%s -i under tmux: Ctrl-D after editing exits (%s)", nano, st);
-    free(screen), free(st);
+    check(!strcmp(st, "exit=0\n"), "%s -i under tmux: Ctrl-D after editing exits (%s)%s%s", nano, st, st[0] ? "" : "; still running: ",
+          st[0] ? "" : why);
+    free(screen), free(st), free(why);
     snprintf(cmd, sizeof cmd, "tmux kill-session -t %s 2>/dev/null", session);
     if (system(cmd)) {}
 }
