@@ -22,6 +22,10 @@ typedef struct {
 } Run;
 // Runs argv with stdout/stderr captured (stdout's final newline stripped); killed after 120 s.
 Run run(char *const argv[], int expect_failure);
+// The same in two halves, so that runs can overlap: run_start returns the process id, run_wait the
+// result; tag names the run's output files (distinct for runs in flight together).
+int run_start(char *const argv[], int expect_failure, const char *tag);
+Run run_wait(int pid, const char *tag);
 void run_free(Run *r);
 // nano with args (NULL-terminated), reading stdin_path as its stdin when not NULL.
 Run run_nano(const char *nano, char **args, const char *stdin_path);

@@ -259,9 +259,19 @@ char *slurp(const char *path) {
     return s ? s : calloc(1, 1);
 }
 
-// Runs argv with stdout/stderr captured; a run past 120 s is killed (SIGALRM survives exec).
-Run run(char *const argv[], int expect_failure) {
-    const char *out = tmp_path("stdout.txt"), *err = tmp_path("stderr.txt");
+// Starts argv with stdout/stderr into the files named by tag; a run past 120 s is killed (SIGALRM
+// survives exec). Returns its process id for run_wait.
+static void run_files(const char *tag, char out[512], char err[512]) {
+    char name[200];
+    snprintf(name, sizeof name, "%sstdout.txt", tag);
+    snprintf(out, 512, "%s", tmp_path(name));
+    snprintf(name, sizeof name, "%sstderr.txt", tag);
+    snprintf(err, 512, "%s", tmp_path(name));
+}
+
+int run_start(char *const argv[], int expect_failure, const char *tag) {
+    char out[512], err[512];
+    run_files(tag, out, err);
     pid_t pid = fork();
     if (pid == 0) {
         int fo = open(out, O_WRONLY | O_CREAT | O_TRUNC, 0644), fe = open(err, O_WRONLY | O_CREAT | O_TRUNC, 0644);
@@ -273,13 +283,21 @@ Run run(char *const argv[], int expect_failure) {
         execv(argv[0], argv);
         _exit(127);
     }
+    return (int)pid;
+}
+
+Run run_wait(int pid, const char *tag) {
+    char out[512], err[512];
+    run_files(tag, out, err);
     int ws;
-    waitpid(pid, &ws, 0);
+    waitpid((pid_t)pid, &ws, 0);
     Run r = {WIFEXITED(ws) ? WEXITSTATUS(ws) : -WTERMSIG(ws), slurp(out), slurp(err)};
     size_t n = strlen(r.out);
     if (n && r.out[n - 1] == '\n') r.out[n - 1] = 0;  // the one line of ids, for messages and comparisons
     return r;
 }
+
+Run run(char *const argv[], int expect_failure) { return run_wait(run_start(argv, expect_failure, ""), ""); }
 
 Run run_nano(const char *nano, char **args, const char *stdin_path) {
     char *argv[40];
