@@ -259,15 +259,14 @@ char *slurp(const char *path) {
     return s ? s : calloc(1, 1);
 }
 
+// The files of a run's stdout and stderr (not through tmp_path: its buffers are the callers').
+static void run_files(const char *tag, char out[512], char err[512]) {
+    snprintf(out, 512, "%s/%sstdout.txt", tmpdir, tag);
+    snprintf(err, 512, "%s/%sstderr.txt", tmpdir, tag);
+}
+
 // Starts argv with stdout/stderr into the files named by tag; a run past 120 s is killed (SIGALRM
 // survives exec). Returns its process id for run_wait.
-static void run_files(const char *tag, char out[512], char err[512]) {
-    char name[200];
-    snprintf(name, sizeof name, "%sstdout.txt", tag);
-    snprintf(out, 512, "%s", tmp_path(name));
-    snprintf(name, sizeof name, "%sstderr.txt", tag);
-    snprintf(err, 512, "%s", tmp_path(name));
-}
 
 int run_start(char *const argv[], int expect_failure, const char *tag) {
     char out[512], err[512];
