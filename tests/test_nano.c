@@ -267,7 +267,6 @@ static void run_files(const char *tag, char out[512], char err[512]) {
 
 // Starts argv with stdout/stderr into the files named by tag; a run past 120 s is killed (SIGALRM
 // survives exec). Returns its process id for run_wait.
-
 int run_start(char *const argv[], int expect_failure, const char *tag) {
     char out[512], err[512];
     run_files(tag, out, err);
