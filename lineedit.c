@@ -2,6 +2,7 @@
 // and plain reads when stdin or stdout is not a terminal. See lineedit.h.
 #include "lineedit.h"
 
+#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -112,21 +113,54 @@ static void refresh(const char *prompt, const Text *line, size_t pos) {
 
 enum { KEY_UP = 1000, KEY_DOWN, KEY_LEFT, KEY_RIGHT, KEY_HOME, KEY_END, KEY_DELETE, KEY_PASTE_START, KEY_PASTE_END, KEY_EOF };
 
-// One key: a byte, or a decoded escape sequence (unknown ones read whole and returned as 0).
+// Bytes from the terminal, with one pushed back: a byte that ends an escape sequence early is a key
+// of its own.
+static int pushed = -1;
+
+static int read_byte(unsigned char *c) {
+    if (pushed >= 0) {
+        *c = (unsigned char)pushed;
+        pushed = -1;
+        return 1;
+    }
+    return read(0, c, 1) == 1;
+}
+
+// Whether a byte arrives within ms: a terminal sends an escape sequence's bytes together, so an ESC
+// with nothing after it is the Esc key.
+static int byte_soon(int ms) {
+    if (pushed >= 0) return 1;
+    struct pollfd p = {0, POLLIN, 0};
+    return poll(&p, 1, ms) > 0;
+}
+
+// One key: a byte, or a decoded escape sequence (unknown ones, and Alt with a key, read whole and
+// returned as 0). Esc alone is 0; a control byte (Esc, Ctrl-D, Enter, ...) after an ESC or inside a
+// sequence ends it, as ECMA-48 has it, and is the next key: an Esc or a cut sequence never swallows
+// the keys after it.
 static int read_key(void) {
     unsigned char c;
-    if (read(0, &c, 1) != 1) return KEY_EOF;
+    if (!read_byte(&c)) return KEY_EOF;
     if (c != 27) return c;
     unsigned char seq[16];
-    if (read(0, &seq[0], 1) != 1) return KEY_EOF;
+    if (!byte_soon(50)) return 0;
+    if (!read_byte(&seq[0])) return KEY_EOF;
     if (seq[0] == 'O') {  // ESC O H / ESC O F: Home and End in application mode
-        if (read(0, &seq[1], 1) != 1) return KEY_EOF;
+        if (!read_byte(&seq[1])) return KEY_EOF;
+        if (seq[1] < 0x20) pushed = seq[1];
         return seq[1] == 'H' ? KEY_HOME : seq[1] == 'F' ? KEY_END : 0;
     }
-    if (seq[0] != '[') return 0;
+    if (seq[0] != '[') {  // Alt and a key: ignored, unless it is a control key (Esc, Ctrl-D, Enter...)
+        if (seq[0] < 0x20) pushed = seq[0];
+        return 0;
+    }
     size_t n = 0;  // parameters, then the final byte (0x40-0x7e)
     do {
-        if (read(0, &seq[n], 1) != 1) return KEY_EOF;
+        if (!read_byte(&seq[n])) return KEY_EOF;
+        if (seq[n] < 0x20) {
+            pushed = seq[n];
+            return 0;
+        }
     } while (!(seq[n] >= 0x40 && seq[n] <= 0x7e) && ++n < sizeof seq - 1);
     seq[n + 1] = 0;
     switch (seq[n]) {
