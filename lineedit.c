@@ -129,38 +129,38 @@ static int read_byte(unsigned char *c) {
 // Whether a byte arrives within ms: a terminal sends an escape sequence's bytes together, so an ESC
 // with nothing after it is the Esc key.
 static int byte_soon(int ms) {
-    if (pushed >= 0) return 1;
     struct pollfd p = {0, POLLIN, 0};
     return poll(&p, 1, ms) > 0;
 }
 
+// A byte inside an escape sequence: 1, or 0 for a control byte (pushed back: it ends the sequence, as
+// ECMA-48 has it, and is a key of its own), or -1 at the end of input.
+static int seq_byte(unsigned char *c) {
+    if (!read_byte(c)) return -1;
+    if (*c >= 0x20) return 1;
+    pushed = *c;
+    return 0;
+}
+
 // One key: a byte, or a decoded escape sequence (unknown ones, and Alt with a key, read whole and
-// returned as 0). Esc alone is 0; a control byte (Esc, Ctrl-D, Enter, ...) after an ESC or inside a
-// sequence ends it, as ECMA-48 has it, and is the next key: an Esc or a cut sequence never swallows
-// the keys after it.
+// returned as 0). Esc alone is 0, and a control byte (Esc, Ctrl-D, Enter, ...) after an ESC or inside
+// a sequence is the next key: an Esc or a cut sequence never swallows the keys after it.
 static int read_key(void) {
     unsigned char c;
     if (!read_byte(&c)) return KEY_EOF;
     if (c != 27) return c;
-    unsigned char seq[16];
     if (!byte_soon(50)) return 0;
-    if (!read_byte(&seq[0])) return KEY_EOF;
+    unsigned char seq[16];
+    int r = seq_byte(&seq[0]);
+    if (r <= 0) return r < 0 ? KEY_EOF : 0;
     if (seq[0] == 'O') {  // ESC O H / ESC O F: Home and End in application mode
-        if (!read_byte(&seq[1])) return KEY_EOF;
-        if (seq[1] < 0x20) pushed = seq[1];
+        if ((r = seq_byte(&seq[1])) <= 0) return r < 0 ? KEY_EOF : 0;
         return seq[1] == 'H' ? KEY_HOME : seq[1] == 'F' ? KEY_END : 0;
     }
-    if (seq[0] != '[') {  // Alt and a key: ignored, unless it is a control key (Esc, Ctrl-D, Enter...)
-        if (seq[0] < 0x20) pushed = seq[0];
-        return 0;
-    }
+    if (seq[0] != '[') return 0;  // Alt and a key: ignored
     size_t n = 0;  // parameters, then the final byte (0x40-0x7e)
     do {
-        if (!read_byte(&seq[n])) return KEY_EOF;
-        if (seq[n] < 0x20) {
-            pushed = seq[n];
-            return 0;
-        }
+        if ((r = seq_byte(&seq[n])) <= 0) return r < 0 ? KEY_EOF : 0;
     } while (!(seq[n] >= 0x40 && seq[n] <= 0x7e) && ++n < sizeof seq - 1);
     seq[n + 1] = 0;
     switch (seq[n]) {
