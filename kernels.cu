@@ -68,9 +68,14 @@ typedef struct {
     const void *kfn;
     DevLayer *h_layers;  // the layer table on the host (the prefill path reads it there)
     DevBufs b;           // every device buffer the decode kernel reads or writes
-    cudaGraphExec_t gexec;
-    int use_graph, graph_failed, prefetch;
+    cudaGraphExec_t gexec[2];  // chained decode steps: [0] keeps the logits, [1] also picks (graph_n_ids ids)
+    int use_graph, graph_failed, prefetch, graph_n_ids;
     int *h_state;  // pinned
+    // Greedy steps: what the steps at even and odd positions left in state[] (mapped host memory) and
+    // when they did, and the step queued ahead (ahead: whether there is one; its position, token, ids)
+    int *h_pick, *d_pick;
+    cudaEvent_t pick_done[2];
+    int ahead, ahead_pos, ahead_id, ahead_n_ids;
     Acts pre;            // prefill: max_batch tokens of one sequence
     // Batched decode (forward_seqs): a row per sequence, n_seqs of them
     Acts rows;
@@ -174,23 +179,36 @@ static DecodeParams decode_params(CudaEngine *c) {
     p.wo_split = c->wo_split, p.down_split = c->down_split, p.att_S = c->att_S, p.gq = c->gq;
     p.l0 = 0, p.l1 = c->d.L, p.stages = ST_ALL;
     p.flags = c->prefetch ? F_PREFETCH : 0;
+    p.n_ids = c->d.V;
     return p;
 }
 
-// One token through every layer; logits (host, V floats) when out is given.
-// A CUDA graph of one decode launch that takes its token and position from state[] (F_CHAIN without
-// the pick): replaying it costs the host less than a cooperative launch. Built lazily, again after
-// wo_split changes; when the driver cannot capture a cooperative launch, steps launch directly.
-static void graph_drop(CudaEngine *c) {
-    if (c->gexec) cudaGraphExecDestroy(c->gexec);
-    c->gexec = NULL;
+// A step that starts from state[] (F_CHAIN): [0] keeps the logits, [1] also picks the greedy id among
+// n_ids (F_ARGMAX) where the next chained step starts.
+static DecodeParams chained_params(CudaEngine *c, int pick, int n_ids) {
+    DecodeParams p = decode_params(c);
+    p.flags |= F_EMBED | F_FINAL | F_CHAIN | (pick ? F_ARGMAX : 0);
+    if (pick) p.n_ids = n_ids, p.picks = c->d_pick;
+    return p;
 }
 
-static int graph_build(CudaEngine *c) {
-    if (c->gexec) return 1;
+// The chained steps as CUDA graphs of one decode launch: replaying one costs the host less than a
+// cooperative launch. Built lazily, again after wo_split changes; when the driver cannot capture a
+// cooperative launch, steps launch directly.
+static void graph_drop(CudaEngine *c) {
+    for (int i = 0; i < 2; i++) {
+        if (c->gexec[i]) cudaGraphExecDestroy(c->gexec[i]);
+        c->gexec[i] = NULL;
+    }
+    c->ahead = 0;  // a step queued ahead ran with the settings before
+}
+
+static int graph_build(CudaEngine *c, int pick, int n_ids) {
+    if (c->gexec[pick] && (!pick || c->graph_n_ids == n_ids)) return 1;
     if (c->graph_failed || !c->use_graph) return 0;
-    DecodeParams p = decode_params(c);
-    p.flags |= F_EMBED | F_FINAL | F_CHAIN;
+    if (c->gexec[pick]) cudaGraphExecDestroy(c->gexec[pick]);
+    c->gexec[pick] = NULL;
+    DecodeParams p = chained_params(c, pick, n_ids);
     void *args[] = {&p};
     cudaLaunchAttribute attr = {};
     attr.id = cudaLaunchAttributeCooperative;
@@ -205,15 +223,25 @@ static int graph_build(CudaEngine *c) {
         e = cudaStreamEndCapture(c->st, &g);
         if (el != cudaSuccess) e = el;
     }
-    if (e == cudaSuccess) e = cudaGraphInstantiate(&c->gexec, g, 0);
+    if (e == cudaSuccess) e = cudaGraphInstantiate(&c->gexec[pick], g, 0);
     if (g) cudaGraphDestroy(g);
     if (e != cudaSuccess) {
         (void)cudaGetLastError();  // the failure is not sticky; fall back to direct launches
-        c->gexec = NULL;
+        c->gexec[pick] = NULL;
         c->graph_failed = 1;
         return 0;
     }
+    if (pick) c->graph_n_ids = n_ids;
     return 1;
+}
+
+static void launch_chained(CudaEngine *c, int pick, int n_ids) {
+    if (graph_build(c, pick, n_ids)) {
+        CUDA_CHECK(cudaGraphLaunch(c->gexec[pick], c->st), "cudaGraphLaunch (kernel_decode)");
+        return;
+    }
+    DecodeParams p = chained_params(c, pick, n_ids);
+    launch_decode(c, &p);
 }
 
 // V logits from the device through the pinned buffer; returns when they are in out.
@@ -223,13 +251,14 @@ static void logits_to_host(CudaEngine *c, const float *dev, float *out, const ch
     memcpy(out, c->h_logits, (size_t)c->d.V * 4);
 }
 
-// keep: compute the logits and leave them on the device (last_logits); the caller syncs.
+// One token through every layer; logits (host, V floats) when out is given; keep: compute the logits and
+// leave them on the device (last_logits), the caller syncs.
 static void decode_step(CudaEngine *c, int id, int pos, float *out, int keep) {
     if (out || keep) c->last_logits = c->b.logits;
-    if ((out || keep) && !c->hook && graph_build(c)) {
-        c->h_state[0] = id, c->h_state[1] = pos;
+    if ((out || keep) && !c->hook) {
+        c->h_state[STATE_TOKEN] = id, c->h_state[STATE_POS] = pos;
         CUDA_CHECK(cudaMemcpyAsync(c->b.state, c->h_state, 2 * sizeof(int), cudaMemcpyHostToDevice, c->st), "state copy");
-        CUDA_CHECK(cudaGraphLaunch(c->gexec, c->st), "cudaGraphLaunch (kernel_decode)");
+        launch_chained(c, 0, 0);
         if (out) logits_to_host(c, c->b.logits, out, "kernel_decode (decode step)");
         return;
     }
@@ -374,6 +403,7 @@ static void forward_chunks(CudaEngine *c, const int *ids, int n, int pos, float 
     size_t V = (size_t)c->d.V;
     if (pos < 0 || n < 0 || pos + n > c->b.kv.capacity) fatal("GPU engine: positions %d..%d beyond the KV cache of %d", pos, pos + n - 1, c->b.kv.capacity);
     c->last_logits = NULL;
+    c->ahead = 0;
     for (int done = 0; done < n;) {
         int T = n - done < c->max_batch ? n - done : c->max_batch;
         int last = done + T == n;
@@ -412,10 +442,48 @@ static void top_from_result(const TopResult &r, int n_ids, TopLogits *top) {
     top->bad_logit = r.bad_logit;
 }
 
-// The logits stay on the device; the host gets their ranking (gpu/top.cuh): 528 bytes, not 600 KB.
-static void cu_forward_top(Engine *e, const int *ids, int n, int pos, int n_ids, TopLogits *top) {
+// Greedy steps: the id is picked on the device (F_ARGMAX) and only what the step leaves in state[] comes
+// back. Each step also queues the next one, which starts from that pick where it lies (F_CHAIN), so the
+// GPU does not wait for the host between tokens: when the caller asks for that token at that position,
+// its step is already running. Whatever the engine runs instead comes after it on the stream and
+// overwrites what it wrote (its cache row, the logits, state[]); every other entry point forgets it
+// (ahead = 0) so that it is never taken after them.
+static void greedy_queue(CudaEngine *c, int pos, int n_ids) {
+    launch_chained(c, 1, n_ids);
+    CUDA_CHECK(cudaEventRecord(c->pick_done[pos & 1], c->st), "cudaEventRecord");
+}
+
+static void greedy_step(CudaEngine *c, int id, int pos, int n_ids, TopLogits *top) {
+    if (pos < 0 || pos >= c->b.kv.capacity) fatal("GPU engine: position %d beyond the KV cache of %d", pos, c->b.kv.capacity);
+    if (!(c->ahead && c->ahead_pos == pos && c->ahead_id == id && c->ahead_n_ids == n_ids)) {
+        c->h_state[STATE_TOKEN] = id, c->h_state[STATE_POS] = pos;
+        CUDA_CHECK(cudaMemcpyAsync(c->b.state, c->h_state, 2 * sizeof(int), cudaMemcpyHostToDevice, c->st), "state copy");
+        greedy_queue(c, pos, n_ids);
+    }
+    int next = pos + 1 < c->b.kv.capacity;
+    if (next) greedy_queue(c, pos + 1, n_ids);
+    CUDA_CHECK(cudaEventSynchronize(c->pick_done[pos & 1]), "kernel_decode (greedy step)");
+    const volatile int *r = c->h_pick + (pos & 1) * STATE_WORDS;
+    if (r[STATE_POS] != pos + 1) fatal("GPU engine: the greedy step at position %d left position %d", pos, r[STATE_POS] - 1);
+    c->ahead = next, c->ahead_pos = pos + 1, c->ahead_id = r[STATE_TOKEN], c->ahead_n_ids = n_ids;
+    c->last_logits = NULL;  // the step queued ahead overwrites them
+    top->n = 1;
+    top->id[0] = r[STATE_TOKEN];
+    top->logit[0] = bits_f32((uint32_t)r[STATE_LOGIT]);
+    top->next = top->logit[0];  // no id ranks above the pick: a bound, all a greedy caller needs
+    top->bad_id = r[STATE_BAD_ID] == INT_MAX ? -1 : r[STATE_BAD_ID];
+    top->bad_logit = bits_f32((uint32_t)r[STATE_BAD_LOGIT]);
+}
+
+// The logits stay on the device; the host gets their ranking (gpu/top.cuh): 528 bytes, not 600 KB. A
+// greedy caller gets the pick alone, from greedy_step.
+static void cu_forward_top(Engine *e, const int *ids, int n, int pos, int n_ids, int greedy, TopLogits *top) {
     CudaEngine *c = (CudaEngine *)e;
     if (n < 1) fatal("GPU engine: forward_top of no tokens");
+    if (greedy && n == 1 && !c->hook) {
+        greedy_step(c, ids[0], pos, n_ids, top);
+        return;
+    }
     forward_chunks(c, ids, n, pos, NULL, 0, 1);
     rank_last_logits(c, n_ids);
     top_from_result(*c->h_top, n_ids, top);
@@ -459,6 +527,7 @@ static void rows_step_run(CudaEngine *c) {
 
 static int cu_seqs(Engine *e, int n_seqs, char *why, size_t whylen) {
     CudaEngine *c = (CudaEngine *)e;
+    c->ahead = 0;  // (greedy_step)
     const Dims &d = c->d;
     if (c->n_seqs) return error_into(why, whylen, "the GPU engine is already set up for %d sequences", c->n_seqs);
     if (c->max_batch < 2) return error_into(why, whylen, "prompts of several sequences need the prefill path (-b 2 or more)");
@@ -497,6 +566,7 @@ static int cu_seqs(Engine *e, int n_seqs, char *why, size_t whylen) {
 // path alone (so it too is the same whoever shares the step), its last logits into its sequence's row.
 static void cu_forward_seqs(Engine *e, const SeqRow *rows, int n_rows, int n_ids, TopLogits *tops) {
     CudaEngine *c = (CudaEngine *)e;
+    c->ahead = 0;  // (greedy_step)
     const int M = c->n_seqs;
     seq_rows_check("GPU", rows, n_rows, M, c->b.kv.capacity);
     int *ids = c->h_row_state, *pos = ids + M, *base = pos + M, n_one = 0;
@@ -538,12 +608,16 @@ static void cu_last_logits(Engine *e, float *logits) {
 static void cu_free(Engine *e) {
     CudaEngine *c = (CudaEngine *)e;
     if (!c) return;
+    if (c->st) cudaStreamSynchronize(c->st);  // a greedy step queued ahead may still run
     if (c->blas) cublasDestroy(c->blas);  // before its workspace goes
     c->blas = NULL;
     for (int i = 0; i < c->n_allocs; i++) cudaFree(c->allocs[i]);
     free(c->allocs);
     graph_drop(c);
     if (c->h_state) cudaFreeHost(c->h_state);
+    if (c->h_pick) cudaFreeHost(c->h_pick);
+    for (int i = 0; i < 2; i++)
+        if (c->pick_done[i]) cudaEventDestroy(c->pick_done[i]);
     if (c->h_logits) cudaFreeHost(c->h_logits);
     if (c->h_top) cudaFreeHost(c->h_top);
     if (c->rows_gexec) cudaGraphExecDestroy(c->rows_gexec);
@@ -797,10 +871,11 @@ extern "C" Engine *cuda_engine_create(const Model *m, int capacity, KVFormat kv,
     c->b.logits = (float *)dev_alloc(c, (size_t)d.V * 4, sb, sw);
     c->b.best_val = (float *)dev_alloc(c, (size_t)c->grid * 4, sb, sw);
     c->b.best_idx = (int *)dev_alloc(c, (size_t)c->grid * 4, sb, sw);
+    c->b.first_bad = (int *)dev_alloc(c, (size_t)c->grid * 4, sb, sw);
     c->b.dbg = (float *)dev_alloc(c, (size_t)d.L * 2 * d.H * 4, sb, sw);
     c->b.bar = (unsigned *)dev_alloc(c, 4, sb, sw);
     c->b.tick = (unsigned *)dev_alloc(c, (size_t)(d.NH + d.Hkv) * 4, sb, sw);
-    c->b.state = (int *)dev_alloc(c, 4 * 4, sb, sw);
+    c->b.state = (int *)dev_alloc(c, STATE_WORDS * sizeof(int), sb, sw);
     c->b.trace = (int *)dev_alloc(c, ((size_t)capacity + 1) * 4, sb, sw);
     c->b.timing = (unsigned long long *)dev_alloc(c, ((size_t)d.L * 5 + 4) * 8, sb, sw);
     CUDA_CHECK(cudaMemset(c->b.bar, 0, 4), "cudaMemset (barrier)");
@@ -823,7 +898,10 @@ extern "C" Engine *cuda_engine_create(const Model *m, int capacity, KVFormat kv,
     c->top_bad = (int *)dev_alloc(c, (size_t)c->top_slices * 4, sb, sw);
     c->top = (TopResult *)dev_alloc(c, sizeof(TopResult), sb, sw);
     CUDA_CHECK(cudaMallocHost((void **)&c->h_top, sizeof(TopResult)), "cudaMallocHost");
-    CUDA_CHECK(cudaMallocHost((void **)&c->h_state, 4 * sizeof(int)), "cudaMallocHost");
+    CUDA_CHECK(cudaMallocHost((void **)&c->h_state, STATE_WORDS * sizeof(int)), "cudaMallocHost");
+    CUDA_CHECK(cudaHostAlloc((void **)&c->h_pick, 2 * STATE_WORDS * sizeof(int), cudaHostAllocMapped), "cudaHostAlloc (mapped)");
+    CUDA_CHECK(cudaHostGetDevicePointer((void **)&c->d_pick, c->h_pick, 0), "cudaHostGetDevicePointer");
+    for (int i = 0; i < 2; i++) CUDA_CHECK(cudaEventCreate(&c->pick_done[i]), "cudaEventCreate");
     c->use_graph = 1;
     c->prefetch = 0;  // measured: 3.5% slower on Qwen3-0.6B, no change on 1.7B and 8B (README)
     CUDA_CHECK(cudaMallocHost((void **)&c->h_dbg, (size_t)d.L * 2 * d.H * 4), "cudaMallocHost");
@@ -844,6 +922,7 @@ extern "C" Engine *cuda_engine_create(const Model *m, int capacity, KVFormat kv,
 
 extern "C" void cuda_engine_set_hook(Engine *e, LayerHook hook, void *ctx) {
     CudaEngine *c = (CudaEngine *)e;
+    c->ahead = 0;  // (greedy_step)
     c->hook = hook;
     c->hook_ctx = ctx;
 }
@@ -980,6 +1059,7 @@ static void run_stage_prefill(CudaEngine *c, CudaStage *s) {
 
 extern "C" void cuda_engine_run_stage(Engine *e, CudaStage *s) {
     CudaEngine *c = (CudaEngine *)e;
+    c->ahead = 0;  // (greedy_step)
     if (s->stage == ST_KV_STORE) {
         size_t n = (size_t)s->T * 2 * c->d.KVD;
         float *rows = (float *)dev_alloc(c, n * 4, &c->scratch_bytes, "cudaMalloc (test rows)");
@@ -993,6 +1073,7 @@ extern "C" void cuda_engine_run_stage(Engine *e, CudaStage *s) {
 
 extern "C" void cuda_engine_kv_copy(Engine *e, KVCache *kv, int n, int to_gpu) {
     CudaEngine *c = (CudaEngine *)e;
+    c->ahead = 0;  // (greedy_step)
     const KVCache *g = &c->b.kv;
     if (kv->format != g->format || kv->n_layers != g->n_layers || kv->n_kv_heads != g->n_kv_heads || kv->head_dim != g->head_dim ||
         kv->n_wide != g->n_wide || n > kv->capacity || n > g->capacity)
@@ -1010,6 +1091,7 @@ extern "C" void cuda_engine_kv_copy(Engine *e, KVCache *kv, int n, int to_gpu) {
 
 extern "C" double cuda_engine_bench_decode(Engine *e, int id, int pos, int steps, int *ids) {
     CudaEngine *c = (CudaEngine *)e;
+    c->ahead = 0;  // (greedy_step)
     if (pos + steps > c->b.kv.capacity) fatal("cuda_engine_bench_decode: %d steps from position %d exceed the cache", steps, pos);
     int st[2] = {id, pos};
     CUDA_CHECK(cudaMemcpyAsync(c->b.state, st, sizeof st, cudaMemcpyHostToDevice, c->st), "state copy");
@@ -1034,6 +1116,7 @@ extern "C" double cuda_engine_bench_decode(Engine *e, int id, int pos, int steps
 
 extern "C" void cuda_engine_stage_times(Engine *e, int id, int pos, int reps, double us[6]) {
     CudaEngine *c = (CudaEngine *)e;
+    c->ahead = 0;  // (greedy_step)
     const int L = c->d.L, n = 5 * L + 2;
     unsigned long long t[5 * 256 + 4];
     if (L > 256) fatal("cuda_engine_stage_times: too many layers");
@@ -1104,8 +1187,10 @@ extern "C" double cuda_engine_time(Engine *e, void (*fn)(void *ctx), void *ctx) 
     fn(ctx);
     CUDA_CHECK(cudaEventRecord(t1, c->st), "cudaEventRecord");
     CUDA_CHECK(cudaEventSynchronize(t1), "cudaEventSynchronize");
+    // A greedy step queued ahead of a token fn did not ask for is not fn's time: fn ended at its last pick.
+    cudaEvent_t end = c->ahead ? c->pick_done[(c->ahead_pos - 1) & 1] : t1;
     float ms = 0;
-    CUDA_CHECK(cudaEventElapsedTime(&ms, t0, t1), "cudaEventElapsedTime");
+    CUDA_CHECK(cudaEventElapsedTime(&ms, t0, end), "cudaEventElapsedTime");
     cudaEventDestroy(t0);
     cudaEventDestroy(t1);
     return ms / 1e3;
@@ -1139,6 +1224,7 @@ static void rows_part(CudaEngine *c, int part) {
 
 extern "C" void cuda_engine_rows_times(Engine *e, int reps, double ms[ROWS_TIMES]) {
     CudaEngine *c = (CudaEngine *)e;
+    c->ahead = 0;  // (greedy_step)
     if (!c->n_seqs) fatal("cuda_engine_rows_times: the engine has no rows (seqs)");
     for (int i = 0; i < c->n_seqs; i++) c->h_rank_rows[i] = i;
     CUDA_CHECK(cudaMemcpyAsync(c->rank_rows, c->h_rank_rows, (size_t)c->n_seqs * 4, cudaMemcpyHostToDevice, c->st), "row state copy");

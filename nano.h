@@ -315,7 +315,10 @@ struct Engine {
     // Optional (NULL where absent): forward of ids whose last logits stay on the engine; only their
     // ranking over ids [0, n_ids) comes back in top, and last_logits copies them whole (vocab floats)
     // when asked, until the next forward. Sampling on the host then costs a few hundred bytes a token.
-    void (*forward_top)(Engine *e, const int *ids, int n, int pos, int n_ids, TopLogits *top);
+    // greedy: the caller takes the best-ranked id (temperature 0, no penalty), so the engine may give
+    // that one alone (top->n 1, top->next its logit) and keep no logits; it may also run the step that
+    // id starts at pos + n before it is asked for (anything else asked instead then waits for it).
+    void (*forward_top)(Engine *e, const int *ids, int n, int pos, int n_ids, int greedy, TopLogits *top);
     void (*last_logits)(Engine *e, float *logits);
     // Batched generation: seqs(e, n) readies the engine for up to n sequences in its cache (0, or -1 with
     // the reason in why). forward_seqs runs every row in its own sequence's extent and ranks each row's
@@ -379,6 +382,7 @@ int sampler_sample(Sampler *s, float *logits, const int *history, int n_history)
 // penalty moved candidates below an id that was not listed. Equal to sampler_sample, draw for draw.
 int sampler_sample_top(Sampler *s, const TopLogits *top, const int *history, int n_history);
 int sampler_uses_top(const Sampler *s);  // whether sampler_sample_top can decide with these settings
+int sampler_greedy(const Sampler *s);    // whether the pick is the best-ranked id (temperature 0, no penalty)
 // The ranking of logits[0..n_ids) (and the finiteness of logits[0..vocab)) as an engine gives it.
 void top_logits(const float *logits, int vocab, int n_ids, TopLogits *top);
 

@@ -194,6 +194,8 @@ int sampler_uses_top(const Sampler *s) {
     return s->c.top_k > 0 && s->c.top_k <= TOP_LOGITS_MAX && s->c.top_k < s->n_ids;
 }
 
+int sampler_greedy(const Sampler *s) { return s->c.temp == 0 && s->c.repeat_penalty == 1.0f; }
+
 int sampler_sample_top(Sampler *s, const TopLogits *top, const int *history, int n_history) {
     int k = s->c.temp == 0 ? 1 : s->c.top_k;
     if (!sampler_uses_top(s) || k > top->n) return -1;
@@ -257,7 +259,7 @@ void picker_forward(Picker *p, const int *ids, int n, int pos) {
         logits_check(p->logits, 1, p->vocab, last);
         return;
     }
-    p->e->forward_top(p->e, ids, n, pos, p->s->n_ids, &p->top);
+    p->e->forward_top(p->e, ids, n, pos, p->s->n_ids, sampler_greedy(p->s), &p->top);
     p->row = -1;
     if (p->top.bad_id >= 0) bad_logit(p->top.bad_logit, (size_t)p->top.bad_id, last);
 }

@@ -71,9 +71,10 @@ struct DevBufs {
     float *logits;          // [V]
     float *best_val;        // [grid]
     int *best_idx;          // [grid]
+    int *first_bad;         // [grid] the block's first non-finite logit (INT_MAX: none)
     unsigned *bar;          // grid barrier word
     unsigned *tick;         // [NH] head tickets of QKV, then [Hkv] chunk tickets of ATT
-    int *state;             // [0] token, [1] position (F_CHAIN)
+    int *state;             // [STATE_WORDS]: token, position (F_CHAIN); the pick's logit, first non-finite id and its logit
     int *trace;             // [cap + 1] greedy picks by position, or NULL
     float *dbg;             // [L][2][H] residual after attention / after MLP, or NULL
     unsigned long long *timing;  // %globaltimer at the start and after each stage (block 0), or NULL
@@ -84,12 +85,17 @@ struct DecodeParams : DevBufs {
     Dims d;
     int wo_split, down_split, att_S, gq;
     int token, pos, l0, l1, stages, flags;
+    int n_ids;  // F_ARGMAX picks among ids [0, n_ids)
+    int *picks;  // or NULL: F_ARGMAX also writes state[] to picks[(pos & 1) * STATE_WORDS ..] (mapped host memory)
 };
+
+// What a step leaves in state[]; the host reads it back whole after a greedy step.
+enum { STATE_TOKEN, STATE_POS, STATE_LOGIT, STATE_BAD_ID, STATE_BAD_LOGIT, STATE_WORDS };
 
 enum {
     F_EMBED = 1,    // start from the token's embedding row (else from the residual buffer x[0])
     F_FINAL = 2,    // final norm + lm_head into logits
-    F_ARGMAX = 4,   // greedy pick into state[0] (and trace[pos])
+    F_ARGMAX = 4,   // greedy pick into state[] (and trace[pos]), with the first non-finite logit
     F_CHAIN = 8,    // token and position come from state[0], state[1]; the pick advances them
     F_FLUSH = 16,   // at the end, store the residual (pending slots added) into x[0]
     F_PREFETCH = 32,  // before each barrier of a whole step, prefetch the next stage's first weights

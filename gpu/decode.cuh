@@ -98,7 +98,7 @@ struct Step {
         stamp();
         int token = p.token;
         pos = p.pos;
-        if (p.flags & F_CHAIN) token = p.state[0], pos = p.state[1];
+        if (p.flags & F_CHAIN) token = p.state[STATE_TOKEN], pos = p.state[STATE_POS];
         cur = 0, npend = 0, pend = NULL, pend_bias = NULL;
         emb = (p.flags & F_EMBED) ? p.embed + (size_t)token * d.H : NULL;
     }
@@ -149,50 +149,59 @@ struct Step {
         stage_split(map_down(l), p.dslot, d.H);
         pend = p.dslot, npend = p.down_split, pend_bias = NULL;
     }
-    // Final norm + lm_head with each block's best logit, then (F_ARGMAX) the pick over the blocks,
-    // ties to the lowest id.
+    // Final norm + lm_head with each block's best logit of ids [0, n_ids) and first non-finite one,
+    // then (F_ARGMAX) the pick over the blocks, ties to the lowest id, and the first non-finite logit.
     __device__ __forceinline__ void head() {
         __shared__ float best_v[NW];
-        __shared__ int best_i[NW];
+        __shared__ int best_i[NW], bad_i[NW];
         gather(p.dbg && pend == p.dslot ? p.dbg + ((size_t)(p.l1 - 1) * 2 + 1) * d.H : NULL);
         rmsnorm_block(xs, p.final_norm, d.H, d.eps, red);
         float bv = -INFINITY, *logits = p.logits;
-        int bi = 0x7fffffff, V = d.V;
-        gemv_items(
-            map_head(),
-            [&](int it, float ra, float rb) {
-                int r = 2 * it;
-                logits[r] = ra;
-                if (ra > bv) bv = ra, bi = r;
-                if (r + 1 < V) {
-                    logits[r + 1] = rb;
-                    if (rb > bv) bv = rb, bi = r + 1;
-                }
-            });
+        int bi = 0x7fffffff, bad = 0x7fffffff, V = d.V, n_ids = p.n_ids;
+        auto take = [&](int r, float v) {
+            logits[r] = v;
+            if (r < n_ids && v > bv) bv = v, bi = r;
+            if (!isfinite(v)) bad = min(bad, r);
+        };
+        gemv_items(map_head(), [&](int it, float ra, float rb) {
+            take(2 * it, ra);
+            if (2 * it + 1 < V) take(2 * it + 1, rb);
+        });
         if (!(p.flags & F_ARGMAX)) return;
         const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-        if (lane == 0) best_v[warp] = bv, best_i[warp] = bi;
+        if (lane == 0) best_v[warp] = bv, best_i[warp] = bi, bad_i[warp] = bad;
         __syncthreads();
         if (threadIdx.x == 0) {
             float v = best_v[0];
-            int i = best_i[0];
-            for (int k = 1; k < NW; k++)
+            int i = best_i[0], b = bad_i[0];
+            for (int k = 1; k < NW; k++) {
                 if (best_v[k] > v || (best_v[k] == v && best_i[k] < i)) v = best_v[k], i = best_i[k];
+                b = min(b, bad_i[k]);
+            }
             p.best_val[blockIdx.x] = v;
             p.best_idx[blockIdx.x] = i;
+            p.first_bad[blockIdx.x] = b;
         }
         grid_sync(p.bar);
         if (blockIdx.x == 0 && threadIdx.x == 0) {
             float v = __ldcg(p.best_val);
-            int i = __ldcg(p.best_idx);
+            int i = __ldcg(p.best_idx), b = __ldcg(p.first_bad);
             for (int k = 1; k < (int)gridDim.x; k++) {
                 float vk = __ldcg(p.best_val + k);
                 int ik = __ldcg(p.best_idx + k);
                 if (vk > v || (vk == v && ik < i)) v = vk, i = ik;
+                b = min(b, __ldcg(p.first_bad + k));
             }
-            if (i == 0x7fffffff) i = 0;  // every logit NaN: the host's check reports it
-            p.state[0] = i;
-            if (p.flags & F_CHAIN) p.state[1] = pos + 1;
+            if (i == 0x7fffffff) i = 0;  // every logit NaN: STATE_BAD_ID reports it
+            int out[STATE_WORDS];
+            out[STATE_TOKEN] = i;
+            out[STATE_POS] = (p.flags & F_CHAIN) ? pos + 1 : p.state[STATE_POS];
+            out[STATE_LOGIT] = __float_as_int(v);
+            out[STATE_BAD_ID] = b;
+            out[STATE_BAD_LOGIT] = b == 0x7fffffff ? 0 : __float_as_int(__ldcg(logits + b));
+            for (int k = 0; k < STATE_WORDS; k++) p.state[k] = out[k];
+            if (p.picks)
+                for (int k = 0; k < STATE_WORDS; k++) p.picks[(pos & 1) * STATE_WORDS + k] = out[k];
             if (p.trace) p.trace[pos] = i;
         }
     }

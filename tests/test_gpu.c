@@ -457,7 +457,7 @@ static void test_ranking(const char *name, const Model *m, const int *ids, int n
     for (int i = 0; i < 2; i++) {
         engines[i]->forward(engines[i], ids, n, 0, lg, 0);
         top_logits(lg, V, n_ids, &want);
-        engines[i]->forward_top(engines[i], ids, n, 0, n_ids, &got);
+        engines[i]->forward_top(engines[i], ids, n, 0, n_ids, 0, &got);
         engines[i]->last_logits(engines[i], kept);
         check(same_ranking(&want, &got) && got.bad_id == -1 && !memcmp(kept, lg, (size_t)V * 4),
               "%s: the %s's logits ranked on the GPU = top_logits() on the host over %d of %d ids (first %d, %d, next %g); the "
@@ -469,7 +469,7 @@ static void test_ranking(const char *name, const Model *m, const int *ids, int n
     for (int i = 0; i < 2; i++) {
         int a[NP], b[NP];
         picked(pre, m, &configs[i], ids, n, a, NP);
-        void (*forward_top)(Engine *, const int *, int, int, int, TopLogits *) = pre->forward_top;
+        void (*forward_top)(Engine *, const int *, int, int, int, int, TopLogits *) = pre->forward_top;
         pre->forward_top = NULL;  // all logits to the host, as the reference path does
         picked(pre, m, &configs[i], ids, n, b, NP);
         pre->forward_top = forward_top;
@@ -479,7 +479,7 @@ static void test_ranking(const char *name, const Model *m, const int *ids, int n
     // Fewer ids ranked than kept (the ranking's select runs out of keys and pads with none)
     pre->forward(pre, ids, n, 0, lg, 0);
     top_logits(lg, V, 10, &want);
-    pre->forward_top(pre, ids, n, 0, 10, &got);
+    pre->forward_top(pre, ids, n, 0, 10, 0, &got);
     check(same_ranking(&want, &got) && got.n == 10 && got.next == -INFINITY,
           "%s: 10 ids ranked on the GPU = top_logits() on the host (%d listed, next %g)", name, got.n, got.next);
     pre->free(pre), dec->free(dec);
@@ -492,7 +492,7 @@ static void test_ranking(const char *name, const Model *m, const int *ids, int n
     if (fe) {
         memset(lg, 0, (size_t)V * 4);
         top_logits(lg, V, n_ids, &want);
-        fe->forward_top(fe, ids, n, 0, n_ids, &got);
+        fe->forward_top(fe, ids, n, 0, n_ids, 0, &got);
         check(same_ranking(&want, &got) && got.id[0] == 0 && got.id[TOP_LOGITS_MAX - 1] == TOP_LOGITS_MAX - 1,
               "%s: equal logits ranked on the GPU by id = top_logits() on the host (ids %d .. %d, next %g)", name, got.id[0],
               got.id[got.n - 1], got.next);
@@ -503,12 +503,72 @@ static void test_ranking(const char *name, const Model *m, const int *ids, int n
     head[5 * m->lm_head.cols + 3] = 0x7FC0;  // bf16 NaN
     Engine *e = engine_with_head(m, &copy, head, n + 1, why, sizeof why);
     if (e) {
-        e->forward_top(e, ids, n, 0, n_ids, &got);
+        e->forward_top(e, ids, n, 0, n_ids, 0, &got);
         check(got.bad_id == 5 && isnan(got.bad_logit), "%s: a NaN in lm_head row 5: the GPU's ranking reports id %d (%g) first non-finite", name,
               got.bad_id, got.bad_logit);
+        TopLogits pick;  // a greedy step at the cache's last position (nothing queued ahead)
+        e->forward_top(e, &got.id[0], 1, n, n_ids, 1, &pick);
+        check(pick.n == 1 && pick.bad_id == 5 && isnan(pick.bad_logit), "%s: a NaN in lm_head row 5: a greedy step on the GPU reports id %d (%g) first non-finite",
+              name, pick.bad_id, pick.bad_logit);
         e->free(e);
     } else check(0, "%s: GPU engine: %s", name, why);
     free(head), free(lg), free(kept);
+}
+
+// Greedy steps (forward_top with greedy: the pick made on the device, the next step queued ahead)
+// against the ranking of the same steps on a second engine: the same id and logit, step by step; a
+// token other than the pick (the step queued ahead wasted), a ranked forward between greedy ones, and
+// the cache's last position; the pick among n_ids only, when an id above them has the largest logit.
+static void test_greedy(const char *name, const Model *m, const int *ids, int n) {
+    enum { STEPS = 24 };
+    int V = m->cfg.vocab, n_ids = V - 7, cap = n + STEPS;
+    char why[512];
+    Engine *g = cuda_engine_create(m, cap, KV_F16, 64, 0, why, sizeof why), *r = cuda_engine_create(m, cap, KV_F16, 64, 0, why, sizeof why);
+    if (!g || !r) {
+        check(0, "%s: GPU engine: %s", name, why);
+        return;
+    }
+    TopLogits a, b;
+    g->forward_top(g, ids, n, 0, n_ids, 1, &a);
+    r->forward_top(r, ids, n, 0, n_ids, 0, &b);
+    const int best = b.id[0];
+    const float best_logit = b.logit[0];
+    int same = a.id[0] == b.id[0], steps = 0, id = b.id[0];
+    for (int pos = n; pos < cap && same; pos++, steps++) {
+        int tok = pos == n + 5 ? (id + 1) % n_ids : id;  // one token the caller did not pick
+        g->forward_top(g, &tok, 1, pos, n_ids, pos != n + 9, &a);  // and one ranked step between greedy ones
+        r->forward_top(r, &tok, 1, pos, n_ids, 0, &b);
+        same = (pos == n + 9 || (a.n == 1 && a.next == a.logit[0])) && a.id[0] == b.id[0] && a.logit[0] == b.logit[0] && a.bad_id == -1 &&
+               b.bad_id == -1;
+        id = b.id[0];
+    }
+    check(same && steps == STEPS, "%s: greedy steps on the GPU (picked there, the next queued ahead) = the ranking's best id and logit for %d of %d steps, "
+          "with a token not picked, a ranked step between and the cache's last position", name, steps, STEPS);
+    g->free(g), r->free(r);
+    // lm_head's row V - 3 the row of the pick after the prompt times 4 (or -4 for a negative logit): the
+    // largest logit, beyond n_ids.
+    Model copy;
+    const size_t cols = (size_t)m->lm_head.cols, head_bytes = (size_t)m->lm_head.rows * cols * 2;
+    const float scale = best_logit > 0 ? 4 : -4;
+    uint16_t *head = xmalloc(head_bytes);
+    memcpy(head, m->lm_head.data, head_bytes);
+    for (size_t k = 0; k < cols; k++) head[(V - 3) * cols + k] = f32_to_bf16(scale * bf16_to_f32(head[(size_t)best * cols + k]));
+    Engine *e = engine_with_head(m, &copy, head, n + 2, why, sizeof why);
+    if (e) {
+        int want[2], got[2];
+        e->forward_top(e, ids, n - 1, 0, V, 0, &a);
+        for (int k = 0; k < 2; k++) {  // the prompt's last position ranked, then greedy, over n_ids and then V ids
+            e->forward_top(e, &ids[n - 1], 1, n - 1, k ? V : n_ids, 0, &a);
+            want[k] = a.id[0];
+            e->forward_top(e, &ids[n - 1], 1, n - 1, k ? V : n_ids, 1, &a);
+            got[k] = a.id[0];
+        }
+        check(want[1] == V - 3 && got[1] == V - 3 && got[0] == want[0] && got[0] < n_ids,
+              "%s: a greedy step on the GPU picks among the ids asked for: %d of the first %d (ranked: %d), %d of all %d (ranked: %d)", name, got[0],
+              n_ids, want[0], got[1], V, want[1]);
+        e->free(e);
+    } else check(0, "%s: GPU engine: %s", name, why);
+    free(head);
 }
 
 // Batched generation (forward_seqs): a sequence X generates the same logits, bit for bit, and so the
@@ -631,6 +691,7 @@ static int test_fixture_dir(const char *root) {
             model_load(&m, dir);
             Model *rm = rounded_model(&m);
             test_ranking(names[i], rm, g.prompt, g.n_prompt);
+            test_greedy(names[i], rm, g.prompt, g.n_prompt);
             for (int f = 0; f < KV_N_FORMATS; f++)
                 if (kv_formats[f].gpu) {
                     test_stages(names[i], rm, g.prompt, g.n_prompt, (KVFormat)f);

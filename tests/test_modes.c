@@ -723,7 +723,8 @@ static void ranking_forward(Engine *e, const int *ids, int n, int pos, float *lo
     RankingEngine *r = (RankingEngine *)e;
     r->ref->forward(r->ref, ids, n, pos, logits, all);
 }
-static void ranking_forward_top(Engine *e, const int *ids, int n, int pos, int n_ids, TopLogits *top) {
+static void ranking_forward_top(Engine *e, const int *ids, int n, int pos, int n_ids, int greedy, TopLogits *top) {
+    (void)greedy;  // the full ranking serves a greedy caller too
     RankingEngine *r = (RankingEngine *)e;
     r->ref->forward(r->ref, ids, n, pos, r->logits, 0);
     top_logits(r->logits, r->vocab, n_ids, top);
