@@ -1136,6 +1136,31 @@ extern "C" void cuda_engine_stage_times(Engine *e, int id, int pos, int reps, do
     }
 }
 
+// n grid barriers and nothing else.
+__global__ void __launch_bounds__(NT, 1) kernel_barriers(unsigned *bar, int n) {
+    for (int i = 0; i < n; i++) grid_sync(bar);
+}
+
+extern "C" double cuda_engine_barrier_us(Engine *e, int n) {
+    CudaEngine *c = (CudaEngine *)e;
+    c->ahead = 0;  // (greedy_step)
+    cudaEvent_t t[3];
+    for (int i = 0; i < 3; i++) CUDA_CHECK(cudaEventCreate(&t[i]), "cudaEventCreate");
+    int counts[2] = {0, n};
+    CUDA_CHECK(cudaEventRecord(t[0], c->st), "cudaEventRecord");
+    for (int i = 0; i < 2; i++) {  // an empty launch, then n barriers: the difference is theirs
+        void *args[] = {&c->b.bar, &counts[i]};
+        CUDA_CHECK(cudaLaunchCooperativeKernel((const void *)kernel_barriers, dim3(c->grid), dim3(NT), args, 0, c->st), "launch of kernel_barriers");
+        CUDA_CHECK(cudaEventRecord(t[i + 1], c->st), "cudaEventRecord");
+    }
+    sync_checked(c, "kernel_barriers");
+    float empty = 0, full = 0;
+    CUDA_CHECK(cudaEventElapsedTime(&empty, t[0], t[1]), "cudaEventElapsedTime");
+    CUDA_CHECK(cudaEventElapsedTime(&full, t[1], t[2]), "cudaEventElapsedTime");
+    for (int i = 0; i < 3; i++) cudaEventDestroy(t[i]);
+    return (full - empty) * 1e3 / n;
+}
+
 extern "C" void cuda_engine_bytes(Engine *e, double *weights, double *kv_per_pos) {
     CudaEngine *c = (CudaEngine *)e;
     const KVCache *kv = &c->b.kv;

@@ -33,6 +33,8 @@ double cuda_engine_bench_decode(Engine *e, int id, int pos, int steps, int *ids)
 // over reps and layers): QKV, attention, o_proj, gate/up, down (each per layer), then the final
 // norm + lm_head + pick.
 void cuda_engine_stage_times(Engine *e, int id, int pos, int reps, double us[6]);
+// Microseconds one grid barrier of the decode kernel's grid takes alone (n of them in one launch).
+double cuda_engine_barrier_us(Engine *e, int n);
 // Decode steps of the Engine API replay a CUDA graph of the launch (1, the default) or launch directly.
 void cuda_engine_use_graph(Engine *e, int on);
 // Before each grid barrier of a step, prefetch into L2 the next stage's first weights (default 0).

@@ -893,20 +893,24 @@ static void bench(const char *dir, double copy_bw) {
             printf("| %s | decode wo_split %d, context %d..%d | %.1f tok/s | %.3f ms | %.0f GB/s | %.0f%% of copy |\n", name, split,
                    depth, depth + steps, 1 / best, best * 1e3, bytes / best / 1e9, 100 * bytes / best / copy_bw);
             if (split == 2) {
-                cuda_engine_set_prefetch(e, 0);
-                double off = 1e30;
+                cuda_engine_set_prefetch(e, 1);
+                double on = 1e30;
                 for (int rep = 0; rep < 3; rep++) {
                     double s = cuda_engine_bench_decode(e, ids[depth], depth, steps, NULL);
-                    if (s < off) off = s;
+                    if (s < on) on = s;
                 }
-                cuda_engine_set_prefetch(e, 1);
-                printf("| %s | decode wo_split 2, context %d..%d, no L2 prefetch before barriers | %.1f tok/s | %.3f ms | %.0f GB/s | %.0f%% of copy |\n",
-                       name, depth, depth + steps, 1 / off, off * 1e3, bytes / off / 1e9, 100 * bytes / off / copy_bw);
+                cuda_engine_set_prefetch(e, 0);
+                printf("| %s | decode wo_split 2, context %d..%d, with the L2 prefetch before barriers | %.1f tok/s | %.3f ms | %.0f GB/s | %.0f%% of copy |\n",
+                       name, depth, depth + steps, 1 / on, on * 1e3, bytes / on / 1e9, 100 * bytes / on / copy_bw);
                 double us[6];
                 cuda_engine_stage_times(e, ids[depth], depth + steps / 2, 8, us);
                 printf("| %s | stages at context %d, us per layer: QKV %.1f, attention %.1f, o_proj %.1f, gate/up %.1f, down %.1f; "
                        "lm_head + pick %.1f us | | | | |\n",
                        name, depth + steps / 2, us[0], us[1], us[2], us[3], us[4], us[5]);
+                if (!depth) {
+                    cuda_engine_barrier_us(e, 100);  // warm-up
+                    printf("| %s | a grid barrier of the decode grid, alone | | %.2f us | | |\n", name, cuda_engine_barrier_us(e, 5000));
+                }
             }
         }
     }
@@ -921,6 +925,19 @@ static void bench(const char *dir, double copy_bw) {
         double dt = (now_s() - t0) / steps;
         printf("| %s | decode through the Engine API, logits to the host, %s | %.1f tok/s | %.3f ms | | |\n", name,
                g ? "CUDA graph" : "direct launches", 1 / dt, dt * 1e3);
+    }
+    // Greedy steps as the modes run them (forward_top: picked on the GPU, the next step queued ahead).
+    TopLogits top;
+    int id = ids[16];
+    for (int pass = 0; pass < 2; pass++) {  // the first warms up
+        double t0 = now_s();
+        for (int k = 0; k < steps; k++) {
+            e->forward_top(e, &id, 1, 16 + k, V, 1, &top);
+            id = top.id[0];
+        }
+        double dt = (now_s() - t0) / steps;
+        if (pass) printf("| %s | decode through the Engine API, greedy steps (forward_top) | %.1f tok/s | %.3f ms | | |\n", name, 1 / dt, dt * 1e3);
+        id = ids[16];
     }
     double t0 = now_s();
     volatile int sink = 0;
