@@ -170,6 +170,13 @@ static void launch_decode(CudaEngine *c, DecodeParams *p) {
 
 static void sync_checked(CudaEngine *c, const char *what) { CUDA_CHECK(cudaStreamSynchronize(c->st), what); }
 
+// Every entry point but a greedy step first lets a greedy step queued ahead finish (some copy outside
+// the stream) and forgets it, so that it is never taken after them (see greedy_step).
+static void ahead_drop(CudaEngine *c) {
+    if (c->ahead) sync_checked(c, "kernel_decode (a greedy step queued ahead)");
+    c->ahead = 0;
+}
+
 static DecodeParams decode_params(CudaEngine *c) {
     DecodeParams p;
     memset(&p, 0, sizeof p);
@@ -196,11 +203,11 @@ static DecodeParams chained_params(CudaEngine *c, int pick, int n_ids) {
 // cooperative launch. Built lazily, again after wo_split changes; when the driver cannot capture a
 // cooperative launch, steps launch directly.
 static void graph_drop(CudaEngine *c) {
+    ahead_drop(c);  // it ran with the settings before
     for (int i = 0; i < 2; i++) {
         if (c->gexec[i]) cudaGraphExecDestroy(c->gexec[i]);
         c->gexec[i] = NULL;
     }
-    c->ahead = 0;  // a step queued ahead ran with the settings before
 }
 
 static int graph_build(CudaEngine *c, int pick, int n_ids) {
@@ -403,7 +410,7 @@ static void forward_chunks(CudaEngine *c, const int *ids, int n, int pos, float 
     size_t V = (size_t)c->d.V;
     if (pos < 0 || n < 0 || pos + n > c->b.kv.capacity) fatal("GPU engine: positions %d..%d beyond the KV cache of %d", pos, pos + n - 1, c->b.kv.capacity);
     c->last_logits = NULL;
-    c->ahead = 0;
+    ahead_drop(c);
     for (int done = 0; done < n;) {
         int T = n - done < c->max_batch ? n - done : c->max_batch;
         int last = done + T == n;
@@ -445,9 +452,9 @@ static void top_from_result(const TopResult &r, int n_ids, TopLogits *top) {
 // Greedy steps: the id is picked on the device (F_ARGMAX) and only what the step leaves in state[] comes
 // back. Each step also queues the next one, which starts from that pick where it lies (F_CHAIN), so the
 // GPU does not wait for the host between tokens: when the caller asks for that token at that position,
-// its step is already running. Whatever the engine runs instead comes after it on the stream and
-// overwrites what it wrote (its cache row, the logits, state[]); every other entry point forgets it
-// (ahead = 0) so that it is never taken after them.
+// its step is already running. Whatever the engine runs instead comes after it and overwrites what it
+// wrote (its cache row, the logits, state[]); every other entry point waits for it and forgets it
+// (ahead_drop).
 static void greedy_queue(CudaEngine *c, int pos, int n_ids) {
     launch_chained(c, 1, n_ids);
     CUDA_CHECK(cudaEventRecord(c->pick_done[pos & 1], c->st), "cudaEventRecord");
@@ -527,7 +534,7 @@ static void rows_step_run(CudaEngine *c) {
 
 static int cu_seqs(Engine *e, int n_seqs, char *why, size_t whylen) {
     CudaEngine *c = (CudaEngine *)e;
-    c->ahead = 0;  // (greedy_step)
+    ahead_drop(c);
     const Dims &d = c->d;
     if (c->n_seqs) return error_into(why, whylen, "the GPU engine is already set up for %d sequences", c->n_seqs);
     if (c->max_batch < 2) return error_into(why, whylen, "prompts of several sequences need the prefill path (-b 2 or more)");
@@ -566,7 +573,7 @@ static int cu_seqs(Engine *e, int n_seqs, char *why, size_t whylen) {
 // path alone (so it too is the same whoever shares the step), its last logits into its sequence's row.
 static void cu_forward_seqs(Engine *e, const SeqRow *rows, int n_rows, int n_ids, TopLogits *tops) {
     CudaEngine *c = (CudaEngine *)e;
-    c->ahead = 0;  // (greedy_step)
+    ahead_drop(c);
     const int M = c->n_seqs;
     seq_rows_check("GPU", rows, n_rows, M, c->b.kv.capacity);
     int *ids = c->h_row_state, *pos = ids + M, *base = pos + M, n_one = 0;
@@ -609,6 +616,7 @@ static void cu_free(Engine *e) {
     CudaEngine *c = (CudaEngine *)e;
     if (!c) return;
     if (c->st) cudaStreamSynchronize(c->st);  // a greedy step queued ahead may still run
+    c->ahead = 0;
     if (c->blas) cublasDestroy(c->blas);  // before its workspace goes
     c->blas = NULL;
     for (int i = 0; i < c->n_allocs; i++) cudaFree(c->allocs[i]);
@@ -922,7 +930,7 @@ extern "C" Engine *cuda_engine_create(const Model *m, int capacity, KVFormat kv,
 
 extern "C" void cuda_engine_set_hook(Engine *e, LayerHook hook, void *ctx) {
     CudaEngine *c = (CudaEngine *)e;
-    c->ahead = 0;  // (greedy_step)
+    ahead_drop(c);
     c->hook = hook;
     c->hook_ctx = ctx;
 }
@@ -1059,7 +1067,7 @@ static void run_stage_prefill(CudaEngine *c, CudaStage *s) {
 
 extern "C" void cuda_engine_run_stage(Engine *e, CudaStage *s) {
     CudaEngine *c = (CudaEngine *)e;
-    c->ahead = 0;  // (greedy_step)
+    ahead_drop(c);
     if (s->stage == ST_KV_STORE) {
         size_t n = (size_t)s->T * 2 * c->d.KVD;
         float *rows = (float *)dev_alloc(c, n * 4, &c->scratch_bytes, "cudaMalloc (test rows)");
@@ -1073,7 +1081,7 @@ extern "C" void cuda_engine_run_stage(Engine *e, CudaStage *s) {
 
 extern "C" void cuda_engine_kv_copy(Engine *e, KVCache *kv, int n, int to_gpu) {
     CudaEngine *c = (CudaEngine *)e;
-    c->ahead = 0;  // (greedy_step)
+    ahead_drop(c);
     const KVCache *g = &c->b.kv;
     if (kv->format != g->format || kv->n_layers != g->n_layers || kv->n_kv_heads != g->n_kv_heads || kv->head_dim != g->head_dim ||
         kv->n_wide != g->n_wide || n > kv->capacity || n > g->capacity)
@@ -1091,7 +1099,7 @@ extern "C" void cuda_engine_kv_copy(Engine *e, KVCache *kv, int n, int to_gpu) {
 
 extern "C" double cuda_engine_bench_decode(Engine *e, int id, int pos, int steps, int *ids) {
     CudaEngine *c = (CudaEngine *)e;
-    c->ahead = 0;  // (greedy_step)
+    ahead_drop(c);
     if (pos + steps > c->b.kv.capacity) fatal("cuda_engine_bench_decode: %d steps from position %d exceed the cache", steps, pos);
     int st[2] = {id, pos};
     CUDA_CHECK(cudaMemcpyAsync(c->b.state, st, sizeof st, cudaMemcpyHostToDevice, c->st), "state copy");
@@ -1116,7 +1124,7 @@ extern "C" double cuda_engine_bench_decode(Engine *e, int id, int pos, int steps
 
 extern "C" void cuda_engine_stage_times(Engine *e, int id, int pos, int reps, double us[6]) {
     CudaEngine *c = (CudaEngine *)e;
-    c->ahead = 0;  // (greedy_step)
+    ahead_drop(c);
     const int L = c->d.L, n = 5 * L + 2;
     unsigned long long t[5 * 256 + 4];
     if (L > 256) fatal("cuda_engine_stage_times: too many layers");
@@ -1143,7 +1151,7 @@ __global__ void __launch_bounds__(NT, 1) kernel_barriers(unsigned *bar, int n) {
 
 extern "C" double cuda_engine_barrier_us(Engine *e, int n) {
     CudaEngine *c = (CudaEngine *)e;
-    c->ahead = 0;  // (greedy_step)
+    ahead_drop(c);
     cudaEvent_t t[3];
     for (int i = 0; i < 3; i++) CUDA_CHECK(cudaEventCreate(&t[i]), "cudaEventCreate");
     int counts[2] = {0, n};
@@ -1249,7 +1257,7 @@ static void rows_part(CudaEngine *c, int part) {
 
 extern "C" void cuda_engine_rows_times(Engine *e, int reps, double ms[ROWS_TIMES]) {
     CudaEngine *c = (CudaEngine *)e;
-    c->ahead = 0;  // (greedy_step)
+    ahead_drop(c);
     if (!c->n_seqs) fatal("cuda_engine_rows_times: the engine has no rows (seqs)");
     for (int i = 0; i < c->n_seqs; i++) c->h_rank_rows[i] = i;
     CUDA_CHECK(cudaMemcpyAsync(c->rank_rows, c->h_rank_rows, (size_t)c->n_seqs * 4, cudaMemcpyHostToDevice, c->st), "row state copy");
