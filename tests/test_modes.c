@@ -711,12 +711,13 @@ static void test_sampler_top(void) {
 }
 
 // An engine that ranks its own logits, as the GPU's does: the reference path behind forward_top, with
-// top_logits() for the ranking, so that both ways of the Picker run on the CPU.
+// top_logits() for the ranking, so that both ways of the Picker run on the CPU. A greedy caller gets
+// the best id alone, as from the GPU's greedy steps.
 typedef struct {
     Engine base;
     Engine *ref;
     float *logits;
-    int vocab;
+    int vocab, greedy_calls;
 } RankingEngine;
 
 static void ranking_forward(Engine *e, const int *ids, int n, int pos, float *logits, int all) {
@@ -724,18 +725,22 @@ static void ranking_forward(Engine *e, const int *ids, int n, int pos, float *lo
     r->ref->forward(r->ref, ids, n, pos, logits, all);
 }
 static void ranking_forward_top(Engine *e, const int *ids, int n, int pos, int n_ids, int greedy, TopLogits *top) {
-    (void)greedy;  // the full ranking serves a greedy caller too
     RankingEngine *r = (RankingEngine *)e;
     r->ref->forward(r->ref, ids, n, pos, r->logits, 0);
     top_logits(r->logits, r->vocab, n_ids, top);
+    if (greedy) {
+        r->greedy_calls++;
+        top->n = 1, top->next = top->logit[0];
+    }
 }
 static void ranking_last_logits(Engine *e, float *logits) {
     RankingEngine *r = (RankingEngine *)e;
     memcpy(logits, r->logits, (size_t)r->vocab * sizeof *logits);
 }
 
-// Tokens generated on the tiny model through a Picker, from a fixed prompt and seed.
-static void picker_generate(const Model *m, const SamplerConfig *c, int ranking, int *out, int n_out) {
+// Tokens generated on the tiny model through a Picker, from a fixed prompt and seed; the forwards that
+// asked the ranking engine for the pick alone into *greedy_calls.
+static void picker_generate(const Model *m, const SamplerConfig *c, int ranking, int *out, int n_out, int *greedy_calls) {
     enum { PROMPT = 12 };
     Engine *ref = ref_engine_create(m, PROMPT + n_out, KV_F16, 16);
     RankingEngine r = {.base = {.name = "ranking", .forward = ranking_forward, .forward_top = ranking_forward_top,
@@ -752,6 +757,7 @@ static void picker_generate(const Model *m, const SamplerConfig *c, int ranking,
         ids[PROMPT + k] = out[k] = picker_sample(&p, ids, PROMPT + k);
         if (k + 1 < n_out) picker_forward(&p, &out[k], 1, PROMPT + k);
     }
+    *greedy_calls = r.greedy_calls;
     picker_free(&p);
     sampler_free(&s);
     free(r.logits);
@@ -762,13 +768,16 @@ static void test_picker(void) {
     Model m;
     model_load(&m, TINY);
     SamplerConfig configs[] = {{.temp = 0, .top_k = 0, .top_p = 1, .min_p = 0, .repeat_penalty = 1},
+                               {.temp = 0, .top_k = 0, .top_p = 1, .min_p = 0, .repeat_penalty = 1.3f},
                                {.temp = 0.9f, .top_k = 20, .top_p = 0.9f, .min_p = 0, .repeat_penalty = 1.3f}};
-    for (int i = 0; i < 2; i++) {
-        int whole[40], ranked[40];
-        picker_generate(&m, &configs[i], 0, whole, 40);
-        picker_generate(&m, &configs[i], 1, ranked, 40);
-        check(!memcmp(whole, ranked, sizeof whole), "Picker: %s, 40 tokens of the tiny model from ranked candidates equal those from all logits",
-              i ? "seeded top-k 20 with penalty 1.3" : "greedy");
+    const char *what[] = {"greedy", "greedy with penalty 1.3", "seeded top-k 20 with penalty 1.3"};
+    for (int i = 0; i < 3; i++) {
+        int whole[40], ranked[40], unused, greedy_calls;
+        picker_generate(&m, &configs[i], 0, whole, 40, &unused);
+        picker_generate(&m, &configs[i], 1, ranked, 40, &greedy_calls);
+        check(!memcmp(whole, ranked, sizeof whole) && greedy_calls == (i ? 0 : 40),
+              "Picker: %s, 40 tokens of the tiny model from ranked candidates equal those from all logits; %d of 40 forwards asked for the "
+              "pick alone", what[i], greedy_calls);
     }
     model_free(&m);
 }
