@@ -170,6 +170,17 @@ static void launch_decode(CudaEngine *c, DecodeParams *p) {
 
 static void sync_checked(CudaEngine *c, const char *what) { CUDA_CHECK(cudaStreamSynchronize(c->st), what); }
 
+// Fatal, naming them, unless positions pos..pos+n-1 are in the engine's KV cache.
+static void positions_check(CudaEngine *c, int pos, int n) {
+    if (pos < 0 || n < 0 || pos + n > c->b.kv.capacity) fatal("GPU engine: positions %d..%d beyond the KV cache of %d", pos, pos + n - 1, c->b.kv.capacity);
+}
+
+// The token and position the next chained step (F_CHAIN) starts from, copied on the stream.
+static void state_set(CudaEngine *c, int id, int pos) {
+    c->h_state[STATE_TOKEN] = id, c->h_state[STATE_POS] = pos;
+    CUDA_CHECK(cudaMemcpyAsync(c->b.state, c->h_state, 2 * sizeof(int), cudaMemcpyHostToDevice, c->st), "state copy");
+}
+
 // Every entry point but a greedy step first lets a greedy step queued ahead finish (some copy outside
 // the stream) and forgets it, so that it is never taken after them (see greedy_step).
 static void ahead_drop(CudaEngine *c) {
@@ -263,8 +274,7 @@ static void logits_to_host(CudaEngine *c, const float *dev, float *out, const ch
 static void decode_step(CudaEngine *c, int id, int pos, float *out, int keep) {
     if (out || keep) c->last_logits = c->b.logits;
     if ((out || keep) && !c->hook) {
-        c->h_state[STATE_TOKEN] = id, c->h_state[STATE_POS] = pos;
-        CUDA_CHECK(cudaMemcpyAsync(c->b.state, c->h_state, 2 * sizeof(int), cudaMemcpyHostToDevice, c->st), "state copy");
+        state_set(c, id, pos);
         launch_chained(c, 0, 0);
         if (out) logits_to_host(c, c->b.logits, out, "kernel_decode (decode step)");
         return;
@@ -408,7 +418,7 @@ static void prefill_chunk(CudaEngine *c, const KVCache &kv, const int *ids, int 
 // The Engine's forward; keep: the last position's logits stay on the device (last_logits).
 static void forward_chunks(CudaEngine *c, const int *ids, int n, int pos, float *logits, int all_logits, int keep) {
     size_t V = (size_t)c->d.V;
-    if (pos < 0 || n < 0 || pos + n > c->b.kv.capacity) fatal("GPU engine: positions %d..%d beyond the KV cache of %d", pos, pos + n - 1, c->b.kv.capacity);
+    positions_check(c, pos, n);
     c->last_logits = NULL;
     ahead_drop(c);
     for (int done = 0; done < n;) {
@@ -461,10 +471,9 @@ static void greedy_queue(CudaEngine *c, int pos, int n_ids) {
 }
 
 static void greedy_step(CudaEngine *c, int id, int pos, int n_ids, TopLogits *top) {
-    if (pos < 0 || pos >= c->b.kv.capacity) fatal("GPU engine: position %d beyond the KV cache of %d", pos, c->b.kv.capacity);
+    positions_check(c, pos, 1);
     if (!(c->ahead && c->ahead_pos == pos && c->ahead_id == id && c->ahead_n_ids == n_ids)) {
-        c->h_state[STATE_TOKEN] = id, c->h_state[STATE_POS] = pos;
-        CUDA_CHECK(cudaMemcpyAsync(c->b.state, c->h_state, 2 * sizeof(int), cudaMemcpyHostToDevice, c->st), "state copy");
+        state_set(c, id, pos);
         greedy_queue(c, pos, n_ids);
     }
     int next = pos + 1 < c->b.kv.capacity;
@@ -1101,8 +1110,7 @@ extern "C" double cuda_engine_bench_decode(Engine *e, int id, int pos, int steps
     CudaEngine *c = (CudaEngine *)e;
     ahead_drop(c);
     if (pos + steps > c->b.kv.capacity) fatal("cuda_engine_bench_decode: %d steps from position %d exceed the cache", steps, pos);
-    int st[2] = {id, pos};
-    CUDA_CHECK(cudaMemcpyAsync(c->b.state, st, sizeof st, cudaMemcpyHostToDevice, c->st), "state copy");
+    state_set(c, id, pos);
     sync_checked(c, "state copy");
     DecodeParams p = decode_params(c);
     p.flags |= F_EMBED | F_FINAL | F_ARGMAX | F_CHAIN;
@@ -1133,8 +1141,7 @@ extern "C" void cuda_engine_stage_times(Engine *e, int id, int pos, int reps, do
     p.timing = c->b.timing;
     for (int k = 0; k < 6; k++) us[k] = 0;
     for (int r = 0; r < reps; r++) {
-        int st[2] = {id, pos};
-        CUDA_CHECK(cudaMemcpyAsync(c->b.state, st, sizeof st, cudaMemcpyHostToDevice, c->st), "state copy");
+        state_set(c, id, pos);
         launch_decode(c, &p);
         CUDA_CHECK(cudaMemcpyAsync(t, c->b.timing, (size_t)n * 8, cudaMemcpyDeviceToHost, c->st), "timing copy");
         sync_checked(c, "kernel_decode (stage timing)");
