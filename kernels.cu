@@ -349,13 +349,14 @@ static void launch_attn_rows(CudaEngine *c, int layer) {
     p.qkv = c->rows.raw, p.q = c->rows.q, p.o = c->rows.o, p.part = c->row_part, p.part_ml = c->row_part_ml, p.tick = c->row_tick;
     const int *st = c->row_state;
     uint16_t *hi = c->rows.hi;
-    size_t sm = (size_t)(ROWS_WARPS * c->hp * d.D + ROWS_WARPS * c->hp * 2) * sizeof(float);
+    const int warps = ROWS_WARPS(c->n_seqs);
+    size_t sm = (size_t)(warps * c->hp * d.D + warps * c->hp * 2) * sizeof(float);
     // Blocks enough for every SM (c->grid: one per SM; a long context's chunks spread over them), no
     // more: idle blocks cost.
     int per_head = std::min(ROWS_CHUNKS, std::max(1, (c->grid + d.Hkv * c->n_seqs - 1) / (d.Hkv * c->n_seqs)));
     void *args[] = {&p, &st, &layer, &per_head, &hi};
-    CUDA_CHECK(cudaLaunchKernel(kernel_instance<AttnRowsKernel>(c->hp, c->b.kv.format), dim3(d.Hkv * per_head, c->n_seqs), dim3(ROWS_WARPS * 32), args, sm,
-                                c->st),
+    const void *fn = warps == 4 ? kernel_instance<AttnRows4Kernel>(c->hp, c->b.kv.format) : kernel_instance<AttnRows8Kernel>(c->hp, c->b.kv.format);
+    CUDA_CHECK(cudaLaunchKernel(fn, dim3(d.Hkv * per_head, c->n_seqs), dim3(warps * 32), args, sm, c->st),
                "launch of kernel_attn_rows");
 }
 

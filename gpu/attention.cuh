@@ -260,12 +260,13 @@ __device__ void stage_attention(const DecodeParams &p, int layer, int pos, float
 // Measured on the H200, rows of 128-256 positions, f16 (attention's ms a step at 8 / 32 / 64 rows):
 // Qwen3-0.6B, 4 warps 0.42 / 0.51 / 0.70, 8 warps 0.30 / 0.44 / 0.84; Qwen3-8B, 4 warps 0.92 / 1.07 /
 // 1.42, 8 warps 0.62 / 0.90 / 1.72 (64 rows of 8-warp blocks take two waves); 32-position chunks and
-// their merge, or a block per possible chunk, most of them idle, were slower.
+// their merge, or a block per possible chunk, most of them idle, were slower. So blocks of
+// ROWS_WARPS(M) warps: 8 up to 32 rows, 4 above (fixed for an engine: its row count is).
 #define ROWS_CHUNKS 8
 #define ROWS_MIN_CHUNK 256
-#define ROWS_WARPS 8
-template <int HP, int FMT>
-__global__ void __launch_bounds__(ROWS_WARPS * 32, NW / ROWS_WARPS) kernel_attn_rows(const __grid_constant__ DecodeParams p,
+#define ROWS_WARPS(M) ((M) > 32 ? 4 : 8)
+template <int HP, int FMT, int WARPS>
+__global__ void __launch_bounds__(WARPS * 32, NW / WARPS) kernel_attn_rows(const __grid_constant__ DecodeParams p,
                                                                                     const int *state, int layer, int per_head,
                                                                                     uint16_t *hi) {
     extern __shared__ float4 smem_rows[];
@@ -286,27 +287,30 @@ __global__ void __launch_bounds__(ROWS_WARPS * 32, NW / ROWS_WARPS) kernel_attn_
     const int b = blockIdx.x % per_head;
     if (b >= nc) return;
     const int warp = threadIdx.x >> 5, n_heads = d.gs + (b == (nc - 1) % per_head ? 2 : 0);
-    for (int k = warp; k < n_heads; k += ROWS_WARPS) {  // q heads, then k and v
+    for (int k = warp; k < n_heads; k += WARPS) {  // q heads, then k and v
         const int h = k < d.gs ? g * d.gs + k : k == d.gs ? d.Hq + g : d.Hq + d.Hkv + g;
         finish_head<FMT>(d, p.layers[layer], p.inv_freq, pr.kv, p.qkv + (size_t)r * d.NQKV, p.qkv + (size_t)(M + r) * d.NQKV, h, layer,
                          pos, pr.q, (float *)smem_rows + warp * d.D);
     }
     __syncthreads();  // q, K and V are written
     for (int ci = b; ci < nc; ci += per_head) {
-        if (!attention_unit<HP, Codecs<FMT>::k, Codecs<FMT>::v, FMT != KV_BF16 && FMT != KV_KV4H, ROWS_WARPS>(pr, layer, g, ci, CL, n, nc,
-                                                                                                         (float *)smem_rows))
+        if (!attention_unit<HP, Codecs<FMT>::k, Codecs<FMT>::v, FMT != KV_BF16 && FMT != KV_KV4H, WARPS>(pr, layer, g, ci, CL, n, nc,
+                                                                                                    (float *)smem_rows))
             continue;
         __syncthreads();  // the block's stores of o are visible to the whole block
         const int w = d.gs * d.D;
-        for (int i = threadIdx.x; i < w; i += ROWS_WARPS * 32) {
+        for (int i = threadIdx.x; i < w; i += WARPS * 32) {
             size_t k = (size_t)r * QD + (size_t)g * w + i;
             bf16_split(pr.o[(size_t)g * w + i], hi + k, hi + (size_t)M * QD + k);
         }
     }
 }
 
-template <int HP, int FMT> struct AttnRowsKernel {
-    static const void *fn() { return (const void *)kernel_attn_rows<HP, FMT>; }
+template <int HP, int FMT> struct AttnRows4Kernel {
+    static const void *fn() { return (const void *)kernel_attn_rows<HP, FMT, 4>; }
+};
+template <int HP, int FMT> struct AttnRows8Kernel {
+    static const void *fn() { return (const void *)kernel_attn_rows<HP, FMT, 8>; }
 };
 
 #endif
