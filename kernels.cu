@@ -330,7 +330,29 @@ static void launch_qkv_finish(CudaEngine *c, const Acts &a, const KVCache &kv, i
     LAUNCH_CHECK("kernel_qkv_finish");
 }
 
+// The tensor-core attention for a head_dim and a 16-bit cache format (NULL where there is none).
+template <int D> static const void *attn_mma_for(KVFormat f) {
+    return f == KV_F16 ? (const void *)kernel_attn_prefill_mma<D, KV_F16> : f == KV_BF16 ? (const void *)kernel_attn_prefill_mma<D, KV_BF16> : NULL;
+}
+static const void *attn_mma_kernel(int D, KVFormat f, size_t *smem) {
+    switch (D) {
+    case 32: *smem = attn_mma_smem<32>(); return attn_mma_for<32>(f);
+    case 64: *smem = attn_mma_smem<64>(); return attn_mma_for<64>(f);
+    case 128: *smem = attn_mma_smem<128>(); return attn_mma_for<128>(f);
+    default: return NULL;
+    }
+}
+
 static void launch_attn_prefill(CudaEngine *c, const Acts &a, const KVCache &kv, int layer, int pos, int T) {
+    size_t msm;
+    if (const void *fn = attn_mma_kernel(c->d.D, kv.format, &msm)) {
+        const Dims d = c->d;
+        const float *q = a.q;
+        uint16_t *hi = a.hi, *lo = a.hi + (size_t)T * d.QD;
+        void *args[] = {(void *)&d, (void *)&q, (void *)&kv, &layer, &pos, &T, &hi, &lo};
+        CUDA_CHECK(cudaLaunchKernel(fn, dim3(d.Hq, (T + MQ - 1) / MQ), dim3(MMA_THREADS), args, msm, c->st), "launch of kernel_attn_prefill_mma");
+        return;
+    }
     dim3 grid(c->d.Hq, (T + PQ - 1) / PQ);
     size_t sm = attn_prefill_smem(c->d.D);
     switch (c->d.D) {
@@ -760,6 +782,9 @@ extern "C" Engine *cuda_engine_create(const Model *m, int capacity, KVFormat kv,
     CUDA_CHECK(cudaFuncSetAttribute(kernel_attn_prefill<128>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)attn_prefill_smem(128)), "cudaFuncSetAttribute");
     if (asm_ >= attn_prefill_smem(256))
         CUDA_CHECK(cudaFuncSetAttribute(kernel_attn_prefill<256>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)asm_), "cudaFuncSetAttribute");
+    size_t msm;
+    if (const void *fn = attn_mma_kernel(D, kv, &msm))
+        CUDA_CHECK(cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)msm), "cudaFuncSetAttribute (kernel_attn_prefill_mma)");
 
     // Enough memory? Weights + cache + the prefill scratch, against what is free.
     KVCache shape;  // the cache's format and shape; kv_alloc gives it device planes

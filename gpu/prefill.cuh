@@ -200,4 +200,216 @@ __global__ void __launch_bounds__(256) kernel_attn_prefill(Dims d, const float *
 
 static size_t attn_prefill_smem(int D) { return sizeof(float) * ((size_t)PQ * (D + 1) + (size_t)PK * (D + 1) + PQ * (PK + 1)); }
 
+// ---------------------------------------------------------------------------------------------
+// The same attention on tensor cores, for f16 and bf16 caches and head_dim 32, 64 or 128: the same
+// blocks (a q head and 64 queries, key tiles of 64), the products on mma.sync m16n8k16 with fp32
+// accumulation. K and V enter as stored (the cache's own 16-bit type, wide channels added in fp32);
+// q and the softmax weights enter as a 16-bit high part and the 16-bit remainder, both multiplied, so
+// they keep ~22 (f16) or ~16 (bf16) bits, as the GEMMs' hi/lo operands do. Warp w owns queries
+// 16w .. 16w + 15; the next K and V tiles are copied into shared memory (cp.async) during this one.
+#define MQ 64
+#define MK 64
+#define MMA_THREADS 128
+
+// Two elements as a 16-bit pair (f16 when F16, else bf16), the lower-indexed one in the low half.
+template <bool F16> __device__ __forceinline__ uint32_t pack16(float lo, float hi) {
+    uint32_t r;
+    if constexpr (F16) asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+    else asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+    return r;
+}
+template <bool F16> __device__ __forceinline__ float unpack16(uint32_t r, int upper) {
+    uint16_t h = (uint16_t)(upper ? r >> 16 : r);
+    if constexpr (F16) {
+        float f;
+        asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h));
+        return f;
+    } else {
+        return bf16_to_f32(h);
+    }
+}
+// (a, b) as the pair hi and the pair of what hi leaves over, lo.
+template <bool F16> __device__ __forceinline__ void split16(float a, float b, uint32_t &hi, uint32_t &lo) {
+    hi = pack16<F16>(a, b);
+    lo = pack16<F16>(a - unpack16<F16>(hi, 0), b - unpack16<F16>(hi, 1));
+}
+// c += a . b for a 16 x 16 A fragment and a 16 x 8 B fragment (PTX's m16n8k16 layouts).
+template <bool F16> __device__ __forceinline__ void mma16816(float *c, const uint32_t *a, uint32_t b0, uint32_t b1) {
+    if constexpr (F16)
+        asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};"
+            : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+            : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+    else
+        asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};"
+            : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+            : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+// Four 8 x 8 matrices of 16-bit elements from shared memory, transposed (lane i gives row i's address).
+__device__ __forceinline__ void ldmatrix_x4_trans(const void *row, uint32_t *r) {
+    unsigned a = (unsigned)__cvta_generic_to_shared(row);
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(a));
+}
+// Asynchronous copies into shared memory of n = 16 or 4 bytes, zeros when !valid.
+template <int N> __device__ __forceinline__ void cp_async(void *dst, const void *src, bool valid) {
+    unsigned a = (unsigned)__cvta_generic_to_shared(dst);
+    if constexpr (N == 16) asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(a), "l"(src), "r"(valid ? 16 : 0));
+    else asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;" ::"r"(a), "l"(src), "r"(valid ? 4 : 0));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;"); }
+template <int N> __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;" ::"n"(N)); }
+
+template <int D> __host__ __device__ constexpr size_t attn_mma_smem() {
+    return 2 * (2 * (size_t)MK * (D + 8) * 2) + 2 * (size_t)MK * KV_MAX_WIDE * 4;  // [2 buffers] K, V; wide K
+}
+
+template <int D, int FMT>
+__global__ void __launch_bounds__(MMA_THREADS, 2) kernel_attn_prefill_mma(Dims d, const float *q, const KVCache kv, int layer, int pos,
+                                                                          int T, uint16_t *out_hi, uint16_t *out_lo) {
+    constexpr bool F16 = FMT == KV_F16;
+    constexpr int RS = D + 8;             // a tile row in elements: 16 bytes of padding keep the banks apart
+    constexpr int KS = D / 16, NS = D / 8;  // k-steps over head_dim, output column tiles
+    extern __shared__ float4 smem_mma[];
+    uint16_t *Ks = (uint16_t *)smem_mma, *Vs = Ks + 2 * MK * RS;  // [2][MK][RS]
+    float *Kw = (float *)(Vs + 2 * MK * RS);                        // [2][MK][KV_MAX_WIDE]
+    const int h = blockIdx.x, g = h / d.gs, t0 = blockIdx.y * MQ, n_wide = kv.n_wide;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, r = lane >> 2, c2 = (lane & 3) * 2;
+    const float qscale = rsqrtf((float)D) * 1.4426950408889634f;
+
+    // This thread's queries: rows r and r + 8 of its warp's 16 (a and b); as A fragments, hi and lo.
+    const int ta = t0 + warp * 16 + r, tb = ta + 8;
+    const float *qa = q + ((size_t)ta * d.Hq + h) * D, *qb = q + ((size_t)tb * d.Hq + h) * D;
+    uint32_t qh[KS][4], ql[KS][4];
+#pragma unroll
+    for (int ks = 0; ks < KS; ks++)
+#pragma unroll
+        for (int f = 0; f < 4; f++) {  // f: (row a, cols c2), (b, c2), (a, c2 + 8), (b, c2 + 8)
+            const float *row = f & 1 ? qb : qa;
+            const bool in = (f & 1 ? tb : ta) < T;
+            float2 v = in ? *(const float2 *)(row + 16 * ks + c2 + (f & 2) * 4) : make_float2(0, 0);
+            split16<F16>(v.x * qscale, v.y * qscale, qh[ks][f], ql[ks][f]);
+        }
+    const int16_t *wide = kv_wide_at(&kv, 0, layer, g);
+    float qwa[KV_MAX_WIDE], qwb[KV_MAX_WIDE];  // q at the wide channels (0 for an unused slot)
+#pragma unroll
+    for (int s = 0; s < KV_MAX_WIDE; s++) {
+        int ch = s < n_wide ? wide[s] : -1;
+        qwa[s] = ch >= 0 && ta < T ? qa[ch] * qscale : 0.0f;
+        qwb[s] = ch >= 0 && tb < T ? qb[ch] * qscale : 0.0f;
+    }
+
+    const int n_keys = pos + min(T, t0 + MQ), n_tiles = (n_keys + MK - 1) / MK;  // keys 0 .. the last query's position
+    const uint8_t *kd = kv_data_at(&kv, 0, layer, g, 0), *vd = kv_data_at(&kv, 1, layer, g, 0);
+    const uint8_t *kw = kv_aux_at(&kv, 0, layer, g, 0) + kv_wide_offset(kv.codec[0], D);
+    const size_t aux_bytes = kv_row_bytes(&kv, 0, 1);
+    auto load = [&](int kt, int buf) {  // tile kt into buffer buf, rows past n_keys zero
+        for (int i = threadIdx.x; i < MK * (D / 8); i += MMA_THREADS) {
+            int row = i / (D / 8), ch = i % (D / 8), j = kt * MK + row;
+            size_t src = (size_t)(j < n_keys ? j : 0) * D * 2 + ch * 16, dst = (size_t)(buf * MK + row) * RS + ch * 8;
+            cp_async<16>(Ks + dst, kd + src, j < n_keys);
+            cp_async<16>(Vs + dst, vd + src, j < n_keys);
+        }
+        for (int i = threadIdx.x; i < MK * n_wide; i += MMA_THREADS) {
+            int row = i / n_wide, s = i % n_wide, j = kt * MK + row;
+            cp_async<4>(Kw + (buf * MK + row) * KV_MAX_WIDE + s, kw + (size_t)(j < n_keys ? j : 0) * aux_bytes + 4 * s, j < n_keys);
+        }
+        cp_async_commit();
+    };
+
+    float o[NS][4], ma = -INFINITY, mb = -INFINITY, la = 0, lb = 0;
+#pragma unroll
+    for (int n = 0; n < NS; n++) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0;
+    load(0, 0);
+    for (int kt = 0; kt < n_tiles; kt++) {
+        const int buf = kt & 1, k0 = kt * MK;
+        if (kt + 1 < n_tiles) load(kt + 1, buf ^ 1), cp_async_wait<1>();
+        else cp_async_wait<0>();
+        __syncthreads();
+        const uint16_t *Kt = Ks + (size_t)buf * MK * RS, *Vt = Vs + (size_t)buf * MK * RS;
+        const float *Wt = Kw + buf * MK * KV_MAX_WIDE;
+
+        // Scores of 8 key columns at a time: s[n] holds (a, key 8n + c2 + e) at e and (b, ...) at 2 + e.
+        float s[MK / 8][4];
+#pragma unroll
+        for (int n = 0; n < MK / 8; n++) {
+            s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0;
+            const uint16_t *krow = Kt + (8 * n + r) * RS + c2;
+#pragma unroll
+            for (int ks = 0; ks < KS; ks++) {
+                uint32_t b0 = *(const uint32_t *)(krow + 16 * ks), b1 = *(const uint32_t *)(krow + 16 * ks + 8);
+                mma16816<F16>(s[n], qh[ks], b0, b1);
+                mma16816<F16>(s[n], ql[ks], b0, b1);
+            }
+        }
+        float mxa = ma, mxb = mb;
+#pragma unroll
+        for (int n = 0; n < MK / 8; n++)
+#pragma unroll
+            for (int e = 0; e < 2; e++) {
+                const int key = 8 * n + c2 + e, j = k0 + key;
+#pragma unroll
+                for (int w = 0; w < KV_MAX_WIDE; w++)
+                    if (w < n_wide) {
+                        float kv_w = Wt[key * KV_MAX_WIDE + w];
+                        s[n][e] = fmaf(qwa[w], kv_w, s[n][e]);
+                        s[n][2 + e] = fmaf(qwb[w], kv_w, s[n][2 + e]);
+                    }
+                if (j > pos + ta) s[n][e] = -INFINITY;
+                if (j > pos + tb) s[n][2 + e] = -INFINITY;
+                mxa = fmaxf(mxa, s[n][e]), mxb = fmaxf(mxb, s[n][2 + e]);
+            }
+        // Key 0 is in every query's past, so the maxima are finite from the first tile on.
+        for (int x = 1; x < 4; x <<= 1) {
+            mxa = fmaxf(mxa, __shfl_xor_sync(0xffffffffu, mxa, x));
+            mxb = fmaxf(mxb, __shfl_xor_sync(0xffffffffu, mxb, x));
+        }
+        const float ca = exp2f(ma - mxa), cb = exp2f(mb - mxb);
+        ma = mxa, mb = mxb, la *= ca, lb *= cb;
+#pragma unroll
+        for (int n = 0; n < NS; n++) o[n][0] *= ca, o[n][1] *= ca, o[n][2] *= cb, o[n][3] *= cb;
+#pragma unroll
+        for (int n = 0; n < MK / 8; n++) {
+            s[n][0] = exp2f(s[n][0] - ma), s[n][1] = exp2f(s[n][1] - ma);
+            s[n][2] = exp2f(s[n][2] - mb), s[n][3] = exp2f(s[n][3] - mb);
+            la += s[n][0] + s[n][1], lb += s[n][2] + s[n][3];
+        }
+        // o += p . V, 16 keys a step: the scores' fragments are the A fragments of p.
+#pragma unroll
+        for (int kk = 0; kk < MK / 16; kk++) {
+            uint32_t ph[4], pl[4];
+            split16<F16>(s[2 * kk][0], s[2 * kk][1], ph[0], pl[0]);
+            split16<F16>(s[2 * kk][2], s[2 * kk][3], ph[1], pl[1]);
+            split16<F16>(s[2 * kk + 1][0], s[2 * kk + 1][1], ph[2], pl[2]);
+            split16<F16>(s[2 * kk + 1][2], s[2 * kk + 1][3], ph[3], pl[3]);
+#pragma unroll
+            for (int n = 0; n < NS; n += 2) {
+                uint32_t b[4];
+                ldmatrix_x4_trans(Vt + (16 * kk + (lane & 15)) * RS + 8 * (n + (lane >> 4)), b);
+                mma16816<F16>(o[n], ph, b[0], b[1]);
+                mma16816<F16>(o[n], pl, b[0], b[1]);
+                mma16816<F16>(o[n + 1], ph, b[2], b[3]);
+                mma16816<F16>(o[n + 1], pl, b[2], b[3]);
+            }
+        }
+        __syncthreads();  // the buffer is refilled next
+    }
+    for (int x = 1; x < 4; x <<= 1) la += __shfl_xor_sync(0xffffffffu, la, x), lb += __shfl_xor_sync(0xffffffffu, lb, x);
+    const float ia = 1.0f / la, ib = 1.0f / lb;
+#pragma unroll
+    for (int n = 0; n < NS; n++)
+#pragma unroll
+        for (int e = 0; e < 2; e++) {
+            const int col = 8 * n + c2 + e;
+            if (ta < T) {
+                size_t k = ((size_t)ta * d.Hq + h) * D + col;
+                bf16_split(o[n][e] * ia, out_hi + k, out_lo + k);
+            }
+            if (tb < T) {
+                size_t k = ((size_t)tb * d.Hq + h) * D + col;
+                bf16_split(o[n][2 + e] * ib, out_hi + k, out_lo + k);
+            }
+        }
+}
+
 #endif
