@@ -64,6 +64,8 @@ typedef struct {
     const Model *m;
     Dims d;
     int grid, hp, att_S, gq, wo_split, down_split, max_batch;
+    int mma_groups;  // the most key-tile groups a block of the tensor-core prefill attention can have
+    int mma_force;   // tests: groups a block always (0: by the grid)
     size_t smem;
     const void *kfn;
     DevLayer *h_layers;  // the layer table on the host (the prefill path reads it there)
@@ -350,7 +352,10 @@ static void launch_attn_prefill(CudaEngine *c, const Acts &a, const KVCache &kv,
         const float *q = a.q;
         uint16_t *hi = a.hi, *lo = a.hi + (size_t)T * d.QD;
         void *args[] = {(void *)&d, (void *)&q, (void *)&kv, &layer, &pos, &T, &hi, &lo};
-        CUDA_CHECK(cudaLaunchKernel(fn, dim3(d.Hq, (T + MQ - 1) / MQ), dim3(MMA_THREADS), args, msm, c->st), "launch of kernel_attn_prefill_mma");
+        dim3 grid(d.Hq, (T + MQ - 1) / MQ);
+        // Blocks fewer than the SMs: two groups a block (each SM gets 8 warps); else one, and two blocks an SM.
+        int groups = c->mma_force ? std::min(c->mma_force, c->mma_groups) : (int)(grid.x * grid.y) <= c->grid ? c->mma_groups : 1;
+        CUDA_CHECK(cudaLaunchKernel(fn, grid, dim3(MMA_GROUP * groups), args, msm * groups, c->st), "launch of kernel_attn_prefill_mma");
         return;
     }
     dim3 grid(c->d.Hq, (T + PQ - 1) / PQ);
@@ -783,8 +788,11 @@ extern "C" Engine *cuda_engine_create(const Model *m, int capacity, KVFormat kv,
     if (asm_ >= attn_prefill_smem(256))
         CUDA_CHECK(cudaFuncSetAttribute(kernel_attn_prefill<256>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)asm_), "cudaFuncSetAttribute");
     size_t msm;
-    if (const void *fn = attn_mma_kernel(D, kv, &msm))
-        CUDA_CHECK(cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)msm), "cudaFuncSetAttribute (kernel_attn_prefill_mma)");
+    if (const void *fn = attn_mma_kernel(D, kv, &msm)) {
+        c->mma_groups = MMA_MAX_GROUPS * msm <= (size_t)prop.sharedMemPerBlockOptin ? MMA_MAX_GROUPS : 1;
+        CUDA_CHECK(cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)(msm * c->mma_groups)),
+                   "cudaFuncSetAttribute (kernel_attn_prefill_mma)");
+    }
 
     // Enough memory? Weights + cache + the prefill scratch, against what is free.
     KVCache shape;  // the cache's format and shape; kv_alloc gives it device planes
@@ -984,6 +992,8 @@ extern "C" void cuda_engine_set_prefetch(Engine *e, int on) {
     c->prefetch = on;
     graph_drop(c);
 }
+
+extern "C" void cuda_engine_set_attn_groups(Engine *e, int groups) { ((CudaEngine *)e)->mma_force = groups; }
 
 extern "C" void cuda_engine_use_graph(Engine *e, int on) {
     CudaEngine *c = (CudaEngine *)e;

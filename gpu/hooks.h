@@ -35,6 +35,9 @@ double cuda_engine_bench_decode(Engine *e, int id, int pos, int steps, int *ids)
 void cuda_engine_stage_times(Engine *e, int id, int pos, int reps, double us[6]);
 // Microseconds one grid barrier of the decode kernel's grid takes alone (n of them in one launch).
 double cuda_engine_barrier_us(Engine *e, int n);
+// Key-tile groups a block of the tensor-core prefill attention always has, 1 or 2 (0, the default: two
+// when its blocks are fewer than the SMs, where the shared memory allows).
+void cuda_engine_set_attn_groups(Engine *e, int groups);
 // Decode steps of the Engine API replay a CUDA graph of the launch (1, the default) or launch directly.
 void cuda_engine_use_graph(Engine *e, int on);
 // Before each grid barrier of a step, prefetch into L2 the next stage's first weights (default 0).

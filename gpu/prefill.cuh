@@ -205,11 +205,15 @@ static size_t attn_prefill_smem(int D) { return sizeof(float) * ((size_t)PQ * (D
 // blocks (a q head and 64 queries, key tiles of 64), the products on mma.sync m16n8k16 with fp32
 // accumulation. K and V enter as stored (the cache's own 16-bit type, wide channels added in fp32);
 // q and the softmax weights enter as a 16-bit high part and the 16-bit remainder, both multiplied, so
-// they keep ~22 (f16) or ~16 (bf16) bits, as the GEMMs' hi/lo operands do. Warp w owns queries
-// 16w .. 16w + 15; the next K and V tiles are copied into shared memory (cp.async) during this one.
+// they keep ~22 (f16) or ~16 (bf16) bits, as the GEMMs' hi/lo operands do. A group of 4 warps takes
+// every G-th key tile (G = blockDim.x / 128: 2 when the blocks are too few to give every SM two, so
+// that each SM still has 8 warps to hide the mma latency), its warp w queries 16w .. 16w + 15; the
+// groups' results are merged in a fixed order at the end. Each group copies its next K and V tiles
+// into shared memory (cp.async) during this one.
 #define MQ 64
 #define MK 64
-#define MMA_THREADS 128
+#define MMA_GROUP 128     // threads of a group
+#define MMA_MAX_GROUPS 2  // (group_sync names one barrier for each)
 
 // Two elements as a 16-bit pair (f16 when F16, else bf16), the lower-indexed one in the low half.
 template <bool F16> __device__ __forceinline__ uint32_t pack16(float lo, float hi) {
@@ -260,21 +264,23 @@ template <int N> __device__ __forceinline__ void cp_async(void *dst, const void 
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;"); }
 template <int N> __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;" ::"n"(N)); }
 
+// Shared memory of one group: two buffers of K, V and K's wide channels.
 template <int D> __host__ __device__ constexpr size_t attn_mma_smem() {
-    return 2 * (2 * (size_t)MK * (D + 8) * 2) + 2 * (size_t)MK * KV_MAX_WIDE * 4;  // [2 buffers] K, V; wide K
+    return 2 * (2 * (size_t)MK * (D + 8) * 2) + 2 * (size_t)MK * KV_MAX_WIDE * 4;
 }
 
 template <int D, int FMT>
-__global__ void __launch_bounds__(MMA_THREADS, 2) kernel_attn_prefill_mma(Dims d, const float *q, const KVCache kv, int layer, int pos,
-                                                                          int T, uint16_t *out_hi, uint16_t *out_lo) {
+__global__ void __launch_bounds__(MMA_GROUP * MMA_MAX_GROUPS) kernel_attn_prefill_mma(Dims d, const float *q, const KVCache kv, int layer,
+                                                                                      int pos, int T, uint16_t *out_hi, uint16_t *out_lo) {
     constexpr bool F16 = FMT == KV_F16;
     constexpr int RS = D + 8;             // a tile row in elements: 16 bytes of padding keep the banks apart
     constexpr int KS = D / 16, NS = D / 8;  // k-steps over head_dim, output column tiles
     extern __shared__ float4 smem_mma[];
-    uint16_t *Ks = (uint16_t *)smem_mma, *Vs = Ks + 2 * MK * RS;  // [2][MK][RS]
-    float *Kw = (float *)(Vs + 2 * MK * RS);                        // [2][MK][KV_MAX_WIDE]
+    const int G = blockDim.x / MMA_GROUP, grp = threadIdx.x / MMA_GROUP, gt = threadIdx.x % MMA_GROUP;
+    uint16_t *Ks = (uint16_t *)((char *)smem_mma + grp * attn_mma_smem<D>()), *Vs = Ks + 2 * MK * RS;  // [2][MK][RS]
+    float *Kw = (float *)(Vs + 2 * MK * RS);                                                          // [2][MK][KV_MAX_WIDE]
     const int h = blockIdx.x, g = h / d.gs, t0 = blockIdx.y * MQ, n_wide = kv.n_wide;
-    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, r = lane >> 2, c2 = (lane & 3) * 2;
+    const int warp = gt >> 5, lane = threadIdx.x & 31, r = lane >> 2, c2 = (lane & 3) * 2;
     const float qscale = rsqrtf((float)D) * 1.4426950408889634f;
 
     // This thread's queries: rows r and r + 8 of its warp's 16 (a and b); as A fragments, hi and lo.
@@ -304,13 +310,13 @@ __global__ void __launch_bounds__(MMA_THREADS, 2) kernel_attn_prefill_mma(Dims d
     const uint8_t *kw = kv_aux_at(&kv, 0, layer, g, 0) + kv_wide_offset(kv.codec[0], D);
     const size_t aux_bytes = kv_row_bytes(&kv, 0, 1);
     auto load = [&](int kt, int buf) {  // tile kt into buffer buf, rows past n_keys zero
-        for (int i = threadIdx.x; i < MK * (D / 8); i += MMA_THREADS) {
+        for (int i = gt; i < MK * (D / 8); i += MMA_GROUP) {
             int row = i / (D / 8), ch = i % (D / 8), j = kt * MK + row;
             size_t src = (size_t)(j < n_keys ? j : 0) * D * 2 + ch * 16, dst = (size_t)(buf * MK + row) * RS + ch * 8;
             cp_async<16>(Ks + dst, kd + src, j < n_keys);
             cp_async<16>(Vs + dst, vd + src, j < n_keys);
         }
-        for (int i = threadIdx.x; i < MK * n_wide; i += MMA_THREADS) {
+        for (int i = gt; i < MK * n_wide; i += MMA_GROUP) {
             int row = i / n_wide, s = i % n_wide, j = kt * MK + row;
             cp_async<4>(Kw + (buf * MK + row) * KV_MAX_WIDE + s, kw + (size_t)(j < n_keys ? j : 0) * aux_bytes + 4 * s, j < n_keys);
         }
@@ -320,12 +326,17 @@ __global__ void __launch_bounds__(MMA_THREADS, 2) kernel_attn_prefill_mma(Dims d
     float o[NS][4], ma = -INFINITY, mb = -INFINITY, la = 0, lb = 0;
 #pragma unroll
     for (int n = 0; n < NS; n++) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0;
-    load(0, 0);
-    for (int kt = 0; kt < n_tiles; kt++) {
-        const int buf = kt & 1, k0 = kt * MK;
-        if (kt + 1 < n_tiles) load(kt + 1, buf ^ 1), cp_async_wait<1>();
+    // The group's own barrier (named barrier 1 + grp): the groups take different numbers of tiles.
+    auto group_sync = [&]() {
+        if (grp) asm volatile("bar.sync 2, %0;" ::"n"(MMA_GROUP));
+        else asm volatile("bar.sync 1, %0;" ::"n"(MMA_GROUP));
+    };
+    if (grp < n_tiles) load(grp, 0);
+    for (int kt = grp, buf = 0; kt < n_tiles; kt += G, buf ^= 1) {
+        const int k0 = kt * MK;
+        if (kt + G < n_tiles) load(kt + G, buf ^ 1), cp_async_wait<1>();
         else cp_async_wait<0>();
-        __syncthreads();
+        group_sync();
         const uint16_t *Kt = Ks + (size_t)buf * MK * RS, *Vt = Vs + (size_t)buf * MK * RS;
         const float *Wt = Kw + buf * MK * KV_MAX_WIDE;
 
@@ -359,19 +370,21 @@ __global__ void __launch_bounds__(MMA_THREADS, 2) kernel_attn_prefill_mma(Dims d
                 if (j > pos + tb) s[n][2 + e] = -INFINITY;
                 mxa = fmaxf(mxa, s[n][e]), mxb = fmaxf(mxb, s[n][2 + e]);
             }
-        // Key 0 is in every query's past, so the maxima are finite from the first tile on.
         for (int x = 1; x < 4; x <<= 1) {
             mxa = fmaxf(mxa, __shfl_xor_sync(0xffffffffu, mxa, x));
             mxb = fmaxf(mxb, __shfl_xor_sync(0xffffffffu, mxb, x));
         }
-        const float ca = exp2f(ma - mxa), cb = exp2f(mb - mxb);
+        // A row whose keys so far are all in its future (a group's tiles need not start at key 0)
+        // keeps max -inf; 0 stands in for it so that its weights come out 0, not NaN.
+        const float ra = mxa == -INFINITY ? 0.0f : mxa, rb = mxb == -INFINITY ? 0.0f : mxb;
+        const float ca = exp2f(ma - ra), cb = exp2f(mb - rb);
         ma = mxa, mb = mxb, la *= ca, lb *= cb;
 #pragma unroll
         for (int n = 0; n < NS; n++) o[n][0] *= ca, o[n][1] *= ca, o[n][2] *= cb, o[n][3] *= cb;
 #pragma unroll
         for (int n = 0; n < MK / 8; n++) {
-            s[n][0] = exp2f(s[n][0] - ma), s[n][1] = exp2f(s[n][1] - ma);
-            s[n][2] = exp2f(s[n][2] - mb), s[n][3] = exp2f(s[n][3] - mb);
+            s[n][0] = exp2f(s[n][0] - ra), s[n][1] = exp2f(s[n][1] - ra);
+            s[n][2] = exp2f(s[n][2] - rb), s[n][3] = exp2f(s[n][3] - rb);
             la += s[n][0] + s[n][1], lb += s[n][2] + s[n][3];
         }
         // o += p . V, 16 keys a step: the scores' fragments are the A fragments of p.
@@ -392,9 +405,40 @@ __global__ void __launch_bounds__(MMA_THREADS, 2) kernel_attn_prefill_mma(Dims d
                 mma16816<F16>(o[n + 1], pl, b[2], b[3]);
             }
         }
-        __syncthreads();  // the buffer is refilled next
+        group_sync();  // the buffer is refilled next
     }
     for (int x = 1; x < 4; x <<= 1) la += __shfl_xor_sync(0xffffffffu, la, x), lb += __shfl_xor_sync(0xffffffffu, lb, x);
+    // The other groups' (o, max, sum) through their own shared memory (their copies are done), merged
+    // into group 0's in group order. Group 0 has key 0, so its maxima are finite.
+    if (G > 1) {
+        constexpr int W = NS * 4 + 4;  // floats a thread
+        float *mine = (float *)Ks;
+        if (grp > 0) {
+#pragma unroll
+            for (int n = 0; n < NS; n++)
+#pragma unroll
+                for (int e = 0; e < 4; e++) mine[(n * 4 + e) * MMA_GROUP + gt] = o[n][e];
+            mine[(W - 4) * MMA_GROUP + gt] = ma, mine[(W - 3) * MMA_GROUP + gt] = mb;
+            mine[(W - 2) * MMA_GROUP + gt] = la, mine[(W - 1) * MMA_GROUP + gt] = lb;
+        }
+        __syncthreads();
+        if (grp > 0) return;
+        for (int k = 1; k < G; k++) {
+            const float *other = (const float *)((const char *)smem_mma + k * attn_mma_smem<D>());
+            const float oma = other[(W - 4) * MMA_GROUP + gt], omb = other[(W - 3) * MMA_GROUP + gt];
+            const float na = fmaxf(ma, oma), nb = fmaxf(mb, omb);
+            const float ca = exp2f(ma - na), cb = exp2f(mb - nb), oa = exp2f(oma - na), ob = exp2f(omb - nb);
+#pragma unroll
+            for (int n = 0; n < NS; n++) {
+                o[n][0] = o[n][0] * ca + other[(n * 4 + 0) * MMA_GROUP + gt] * oa;
+                o[n][1] = o[n][1] * ca + other[(n * 4 + 1) * MMA_GROUP + gt] * oa;
+                o[n][2] = o[n][2] * cb + other[(n * 4 + 2) * MMA_GROUP + gt] * ob;
+                o[n][3] = o[n][3] * cb + other[(n * 4 + 3) * MMA_GROUP + gt] * ob;
+            }
+            la = la * ca + other[(W - 2) * MMA_GROUP + gt] * oa, lb = lb * cb + other[(W - 1) * MMA_GROUP + gt] * ob;
+            ma = na, mb = nb;
+        }
+    }
     const float ia = 1.0f / la, ib = 1.0f / lb;
 #pragma unroll
     for (int n = 0; n < NS; n++)

@@ -296,6 +296,57 @@ static void test_stages(const char *name, const Model *m, const int *ids, int n,
     ref_free(s);
 }
 
+// The prefill path's attention deep into a cache: T queries at positions p0.. over p0 + T keys of
+// random K and V (the wide key channels at hundreds, as Qwen2's key biases put them), crossing key
+// and query tiles and ending in a part tile, against the reference's attention over the same cache.
+static void test_attention_depth(const char *name, const Model *m, KVFormat kvf) {
+    const Config *c = &m->cfg;
+    const int D = c->head_dim, QD = c->n_heads * D, p0 = 200, T = 130, n = p0 + T, l = c->n_layers - 1;
+    int16_t *wide;
+    int n_wide = kv_wide_channels(m, kvf, &wide);
+    if (!kv_gpu_holds(kvf, n_wide)) return free(wide);  // refused by the engine (test_stages says so)
+    KVCache kv;
+    kv_init(&kv, c, n, kvf, n_wide, wide);
+    free(wide);
+    uint32_t r = 12345;
+    float *row = xmalloc((size_t)D * 4), *q = xmalloc((size_t)T * QD * 4), *got = xmalloc((size_t)T * QD * 4);
+    for (int part = 0; part < 2; part++)
+        for (int h = 0; h < c->n_kv_heads; h++)
+            for (int j = 0; j < n; j++) {
+                for (int i = 0; i < D; i++) row[i] = 4.0f * ((r = r * 1664525u + 1013904223u) >> 8) / (1 << 24) - 2.0f;
+                const int16_t *w = kv_part_wide(&kv, part) ? kv_wide_at(&kv, part, l, h) : NULL;
+                for (int k = 0; w && k < n_wide; k++)
+                    if (w[k] >= 0) row[w[k]] = (k & 1 ? -300.0f : 600.0f) + row[w[k]];
+                kv_write(&kv, part, l, h, j, row);
+            }
+    for (int i = 0; i < T * QD; i++) q[i] = 2.0f * ((r = r * 1664525u + 1013904223u) >> 8) / (1 << 24) - 1.0f;
+    RefState *s = ref_create(m, T, n);
+    memcpy(s->q, q, (size_t)T * QD * 4);
+    ref_attention(s, c, &kv, l, T, p0);
+    char why[512];
+    Engine *e = cuda_engine_create(m, n, kvf, T, 0, why, sizeof why);
+    if (!e) {
+        check(0, "%s: GPU engine: %s", name, why);
+    } else {
+        const int rotated = kv_formats[kvf].k == KVC_Q4H;  // the GPU's q and output come rotated per head
+        for (int i = 0; rotated && i < T * c->n_heads; i++) kv_hadamard(q + (size_t)i * D, D);
+        cuda_engine_kv_copy(e, &kv, n, 1);
+        for (int groups = 1; groups <= 2; groups++) {  // the tensor-core kernel's key-tile groups a block (others: ignored)
+            cuda_engine_set_attn_groups(e, groups);
+            CudaStage st = {ST_ATT, l, p0, T, NULL, q, NULL, got, 0};
+            cuda_engine_run_stage(e, &st);
+            for (int i = 0; rotated && i < T * c->n_heads; i++) kv_hadamard(got + (size_t)i * D, D);
+            double ra = rel_diff(got, s->attn, (size_t)T * QD);
+            check(ra <= STAGE_TOL, "%s %s prefill attention x%d at depth %d (head_dim %d, %d wide key channels, %d group%s): max|diff|/max|o| %.2e",
+                  name, kv_format_name(kvf), T, p0, D, n_wide, groups, groups > 1 ? "s" : "", ra);
+        }
+        e->free(e);
+    }
+    ref_free(s);
+    kv_free(&kv);
+    free(row), free(q), free(got);
+}
+
 #define FWD_STEPS 256
 
 // Whole forwards on prompt + FWD_STEPS more ids: the prefill path in chunks, every token through the
@@ -695,6 +746,7 @@ static int test_fixture_dir(const char *root) {
             for (int f = 0; f < KV_N_FORMATS; f++)
                 if (kv_formats[f].gpu) {
                     test_stages(names[i], rm, g.prompt, g.n_prompt, (KVFormat)f);
+                    test_attention_depth(names[i], rm, (KVFormat)f);
                     test_forwards(names[i], rm, &m, &g, (KVFormat)f);
                     test_seqs(names[i], rm, g.prompt, g.n_prompt, (KVFormat)f);
                 }
