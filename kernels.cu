@@ -586,8 +586,9 @@ static int cu_seqs(Engine *e, int n_seqs, char *why, size_t whylen) {
     a.proj = (float *)dev_alloc(c, 2 * M * d.H * 4, sb, sw);
     a.logits = (float *)dev_alloc(c, 2 * M * d.V * 4, sb, sw);
     a.hi = (uint16_t *)dev_alloc(c, 2 * M * wide * 2, sb, sw);
-    CUDA_CHECK(cudaMemset(a.o, 0, M * d.QD * 4), "cudaMemset (batched decode)");
-    CUDA_CHECK(cudaMemset(a.hi, 0, 2 * M * wide * 2), "cudaMemset (batched decode)");  // rows without a token read zeros
+    // In the engine's stream (non-blocking: it would not wait for the default stream's memsets).
+    CUDA_CHECK(cudaMemsetAsync(a.o, 0, M * d.QD * 4, c->st), "cudaMemset (batched decode)");
+    CUDA_CHECK(cudaMemsetAsync(a.hi, 0, 2 * M * wide * 2, c->st), "cudaMemset (batched decode)");  // rows without a token read zeros
     c->row_state = (int *)dev_alloc(c, 4 * M * 4, sb, sw);
     a.ids = c->row_state;
     c->rank_rows = c->row_state + 3 * M;
@@ -601,7 +602,7 @@ static int cu_seqs(Engine *e, int n_seqs, char *why, size_t whylen) {
     c->row_part = (float *)dev_alloc(c, units * d.D * 4, sb, sw);
     c->row_part_ml = (float *)dev_alloc(c, units * 2 * 4, sb, sw);
     c->row_tick = (unsigned *)dev_alloc(c, M * (d.NH + d.Hkv) * 4, sb, sw);
-    CUDA_CHECK(cudaMemset(c->row_tick, 0, M * (d.NH + d.Hkv) * 4), "cudaMemset (tickets)");
+    CUDA_CHECK(cudaMemsetAsync(c->row_tick, 0, M * (d.NH + d.Hkv) * 4, c->st), "cudaMemset (tickets)");
     c->n_seqs = n_seqs;
     return 0;
 }
@@ -1004,15 +1005,23 @@ extern "C" void cuda_engine_use_graph(Engine *e, int on) {
 // ---------------------------------------------------------------------------------------------
 // Stage access for the tests, KV cache copies, measurements
 
-static void to_dev(void *dst, const void *src, size_t bytes) { CUDA_CHECK(cudaMemcpy(dst, src, bytes, cudaMemcpyHostToDevice), "test input copy"); }
-static void to_host(void *dst, const void *src, size_t bytes) { CUDA_CHECK(cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToHost), "test output copy"); }
+// Copies in the engine's stream, waited for: a plain cudaMemcpy from pageable memory can return before
+// its data lands, and the engine's stream does not wait for the legacy default stream (non-blocking).
+static void to_dev(CudaEngine *c, void *dst, const void *src, size_t bytes) {
+    CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, c->st), "test input copy");
+    sync_checked(c, "test input copy");
+}
+static void to_host(CudaEngine *c, void *dst, const void *src, size_t bytes) {
+    CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, c->st), "test output copy");
+    sync_checked(c, "test output copy");
+}
 
 // Host fp32 -> bf16 hi/lo parts on the device (the prefill path's GEMM operand).
-static void upload_split(uint16_t *hi, uint16_t *lo, const float *x, size_t n) {
+static void upload_split(CudaEngine *c, uint16_t *hi, uint16_t *lo, const float *x, size_t n) {
     uint16_t *h = (uint16_t *)xmalloc(n * 2), *l = (uint16_t *)xmalloc(n * 2);
     for (size_t i = 0; i < n; i++) bf16_split(x[i], &h[i], &l[i]);
-    to_dev(hi, h, n * 2);
-    to_dev(lo, l, n * 2);
+    to_dev(c, hi, h, n * 2);
+    to_dev(c, lo, l, n * 2);
     free(h);
     free(l);
 }
@@ -1034,11 +1043,11 @@ static void run_stage_decode(CudaEngine *c, CudaStage *s) {
     const Dims &d = c->d;
     DecodeParams p = decode_params(c);
     p.pos = s->pos, p.l0 = s->layer, p.l1 = s->layer + 1, p.stages = s->stage & ST_ALL, p.flags = 0;
-    if (s->x) to_dev(c->b.x, s->x, (size_t)d.H * 4);
+    if (s->x) to_dev(c, c->b.x, s->x, (size_t)d.H * 4);
     switch (s->stage) {
     case ST_QKV: break;
-    case ST_ATT: to_dev(c->b.q, s->q, (size_t)d.QD * 4); break;
-    case ST_WO: to_dev(c->b.o, s->o, (size_t)d.QD * 4), p.flags = F_FLUSH; break;
+    case ST_ATT: to_dev(c, c->b.q, s->q, (size_t)d.QD * 4); break;
+    case ST_WO: to_dev(c, c->b.o, s->o, (size_t)d.QD * 4), p.flags = F_FLUSH; break;
     case ST_MLP | ST_DOWN: p.flags = F_FLUSH; break;
     case ST_FINAL: p.l1 = p.l0, p.flags = F_FINAL | F_ARGMAX; break;
     default: fatal("cuda_engine_run_stage: unknown stage %d", s->stage);
@@ -1046,13 +1055,13 @@ static void run_stage_decode(CudaEngine *c, CudaStage *s) {
     launch_decode(c, &p);
     sync_checked(c, "kernel_decode (stage test)");
     switch (s->stage) {
-    case ST_QKV: to_host(s->out, c->b.q, (size_t)d.QD * 4); break;
-    case ST_ATT: to_host(s->out, c->b.o, (size_t)d.QD * 4); break;
+    case ST_QKV: to_host(c, s->out, c->b.q, (size_t)d.QD * 4); break;
+    case ST_ATT: to_host(c, s->out, c->b.o, (size_t)d.QD * 4); break;
     case ST_FINAL:
-        to_host(s->out, c->b.logits, (size_t)d.V * 4);
-        to_host(&s->argmax, c->b.state, 4);
+        to_host(c, s->out, c->b.logits, (size_t)d.V * 4);
+        to_host(c, &s->argmax, c->b.state, 4);
         break;
-    default: to_host(s->out, c->b.x, (size_t)d.H * 4); break;
+    default: to_host(c, s->out, c->b.x, (size_t)d.H * 4); break;
     }
 }
 
@@ -1061,34 +1070,34 @@ static void run_stage_prefill(CudaEngine *c, CudaStage *s) {
     const DevLayer &w = c->h_layers[s->layer];
     int T = s->T;
     if (T > c->max_batch) fatal("cuda_engine_run_stage: %d tokens exceed max_batch %d", T, c->max_batch);
-    if (s->x) to_dev(c->pre.x, s->x, (size_t)T * d.H * 4);
+    if (s->x) to_dev(c, c->pre.x, s->x, (size_t)T * d.H * 4);
     switch (s->stage) {
     case ST_QKV:
         launch_add_norm(c, c->pre, NULL, NULL, w.in_norm, T);
         gemm_rows(c, w.wqkv, d.NQKV, d.H, c->pre.hi, T, c->pre.raw, "cublasGemmEx (qkv_proj)");
         launch_qkv_finish(c, c->pre, c->b.kv, s->layer, s->pos, T);
         sync_checked(c, "prefill QKV (stage test)");
-        to_host(s->out, c->pre.q, (size_t)T * d.QD * 4);
+        to_host(c, s->out, c->pre.q, (size_t)T * d.QD * 4);
         break;
     case ST_ATT: {
-        to_dev(c->pre.q, s->q, (size_t)T * d.QD * 4);
+        to_dev(c, c->pre.q, s->q, (size_t)T * d.QD * 4);
         launch_attn_prefill(c, c->pre, c->b.kv, s->layer, s->pos, T);
         sync_checked(c, "kernel_attn_prefill (stage test)");
         size_t n = (size_t)T * d.QD;
         uint16_t *h = (uint16_t *)xmalloc(n * 2), *l = (uint16_t *)xmalloc(n * 2);
-        to_host(h, c->pre.hi, n * 2);
-        to_host(l, c->pre.hi + n, n * 2);
+        to_host(c, h, c->pre.hi, n * 2);
+        to_host(c, l, c->pre.hi + n, n * 2);
         for (size_t i = 0; i < n; i++) s->out[i] = bf16_to_f32(h[i]) + bf16_to_f32(l[i]);
         free(h);
         free(l);
         break;
     }
     case ST_WO:
-        upload_split(c->pre.hi, c->pre.hi + (size_t)T * d.QD, s->o, (size_t)T * d.QD);
+        upload_split(c, c->pre.hi, c->pre.hi + (size_t)T * d.QD, s->o, (size_t)T * d.QD);
         gemm_rows(c, w.wo, d.H, d.QD, c->pre.hi, T, c->pre.proj, "cublasGemmEx (o_proj)");
         launch_add_norm(c, c->pre, c->pre.proj, w.bo, w.post_norm, T);
         sync_checked(c, "prefill o_proj (stage test)");
-        to_host(s->out, c->pre.x, (size_t)T * d.H * 4);
+        to_host(c, s->out, c->pre.x, (size_t)T * d.H * 4);
         break;
     case ST_MLP | ST_DOWN:
         launch_add_norm(c, c->pre, NULL, NULL, w.post_norm, T);
@@ -1097,14 +1106,14 @@ static void run_stage_prefill(CudaEngine *c, CudaStage *s) {
         gemm_rows(c, w.wd, d.H, d.I, c->pre.hi, T, c->pre.proj, "cublasGemmEx (down_proj)");
         launch_add_norm(c, c->pre, c->pre.proj, NULL, c->b.final_norm, T);
         sync_checked(c, "prefill MLP (stage test)");
-        to_host(s->out, c->pre.x, (size_t)T * d.H * 4);
+        to_host(c, s->out, c->pre.x, (size_t)T * d.H * 4);
         break;
     case ST_FINAL:
         launch_add_norm(c, c->pre, NULL, NULL, c->b.final_norm, T);
         gemm_rows(c, c->b.lm_head, d.V, d.H, c->pre.hi, T, c->pre.logits, "cublasGemmEx (lm_head)");
         launch_add_halves(c, c->pre.logits, (size_t)T * d.V);
         sync_checked(c, "prefill lm_head (stage test)");
-        to_host(s->out, c->pre.logits, (size_t)T * d.V * 4);
+        to_host(c, s->out, c->pre.logits, (size_t)T * d.V * 4);
         break;
     default: fatal("cuda_engine_run_stage: unknown stage %d", s->stage);
     }
@@ -1116,7 +1125,7 @@ extern "C" void cuda_engine_run_stage(Engine *e, CudaStage *s) {
     if (s->stage == ST_KV_STORE) {
         size_t n = (size_t)s->T * 2 * c->d.KVD;
         float *rows = (float *)dev_alloc(c, n * 4, &c->scratch_bytes, "cudaMalloc (test rows)");
-        to_dev(rows, s->x, n * 4);
+        to_dev(c, rows, s->x, n * 4);
         kernel_kv_store<<<dim3(s->T, 2), 128, 4 * c->d.D * sizeof(float), c->st>>>(c->b.kv, s->layer, s->pos, rows);
         LAUNCH_CHECK("kernel_kv_store");
         sync_checked(c, "kernel_kv_store (stage test)");
@@ -1137,9 +1146,10 @@ extern "C" void cuda_engine_kv_copy(Engine *e, KVCache *kv, int n, int to_gpu) {
         size_t rb = kv_row_bytes(g, i / 2, i % 2);
         size_t w = (size_t)n * rb, hpitch = (size_t)kv->capacity * rb, gpitch = (size_t)g->capacity * rb;
         if (!w) continue;
-        if (to_gpu) CUDA_CHECK(cudaMemcpy2D(gp[i], gpitch, hp[i], hpitch, w, rows, cudaMemcpyHostToDevice), "KV cache copy");
-        else CUDA_CHECK(cudaMemcpy2D(hp[i], hpitch, gp[i], gpitch, w, rows, cudaMemcpyDeviceToHost), "KV cache copy");
+        if (to_gpu) CUDA_CHECK(cudaMemcpy2DAsync(gp[i], gpitch, hp[i], hpitch, w, rows, cudaMemcpyHostToDevice, c->st), "KV cache copy");
+        else CUDA_CHECK(cudaMemcpy2DAsync(hp[i], hpitch, gp[i], gpitch, w, rows, cudaMemcpyDeviceToHost, c->st), "KV cache copy");
     }
+    sync_checked(c, "KV cache copy");  // in the engine's stream, as to_dev's
 }
 
 extern "C" double cuda_engine_bench_decode(Engine *e, int id, int pos, int steps, int *ids) {
@@ -1162,7 +1172,7 @@ extern "C" double cuda_engine_bench_decode(Engine *e, int id, int pos, int steps
     CUDA_CHECK(cudaEventElapsedTime(&ms, t0, t1), "cudaEventElapsedTime");
     cudaEventDestroy(t0);
     cudaEventDestroy(t1);
-    if (ids) to_host(ids, c->b.trace + pos, (size_t)steps * 4);
+    if (ids) to_host(c, ids, c->b.trace + pos, (size_t)steps * 4);
     return ms / 1e3 / steps;
 }
 
