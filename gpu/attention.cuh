@@ -235,13 +235,27 @@ __device__ __host__ inline void att_chunks(int n, int att_S, int *CL, int *n_chu
 // wide channels (kv.c), nor has kv4h on the GPU (the engine refuses such models); the other formats
 // add theirs when the model has some. kv4h's rows are rotated: so is q (finish_head), and the
 // output, whose rotation o_proj's weights undo (folded in at upload).
+// fscratch ([NW][D] floats of shared memory, or NULL): first finish the unit's heads from the QKV
+// projections in p.qkv (finish_head): the group's q heads (every block of the kv head alike: the same
+// bits), and in the block with the last chunk the new K and V, written at pos before it reads them.
 template <int HP, int FMT>
-__device__ void stage_attention(const DecodeParams &p, int layer, int pos, float *sm) {
+__device__ void stage_attention(const DecodeParams &p, int layer, int pos, float *sm, float *fscratch) {
+    const Dims &d = p.d;
     int CL, nc;
     att_chunks(pos + 1, p.att_S, &CL, &nc);
-    int units = p.d.Hkv * nc;
-    for (int u = blockIdx.x; u < units; u += gridDim.x)
-        attention_unit<HP, Codecs<FMT>::k, Codecs<FMT>::v, FMT != KV_BF16 && FMT != KV_KV4H>(p, layer, u / nc, u % nc, CL, pos + 1, nc, sm);
+    int units = d.Hkv * nc;
+    for (int u = blockIdx.x; u < units; u += gridDim.x) {
+        const int g = u / nc, c = u % nc;
+        if (fscratch) {
+            const int warp = threadIdx.x >> 5, n_heads = d.gs + (c == nc - 1 ? 2 : 0);
+            for (int k = warp; k < n_heads; k += NW) {  // q heads, then k and v
+                const int h = k < d.gs ? g * d.gs + k : k == d.gs ? d.Hq + g : d.Hq + d.Hkv + g;
+                finish_head<FMT>(d, p.layers[layer], p.inv_freq, p.kv, p.qkv, NULL, h, layer, pos, p.q, fscratch + warp * d.D);
+            }
+            __syncthreads();  // q, K and V are written
+        }
+        attention_unit<HP, Codecs<FMT>::k, Codecs<FMT>::v, FMT != KV_BF16 && FMT != KV_KV4H>(p, layer, g, c, CL, pos + 1, nc, sm);
+    }
 }
 
 // Batched decode: row blockIdx.y of the batch attends over positions 0..pos of its own sequence

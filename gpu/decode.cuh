@@ -25,9 +25,11 @@ __host__ __device__ inline SmemLayout decode_smem(const Dims &d, int hp, int att
 // ---------------------------------------------------------------------------------------------
 // Decode stages
 
+// RMSNorm and the QKV projections into p.qkv; then, when finish (the attention stage does not follow
+// in this launch: stage tests), each head finished by the block that completes its rows.
 template <int FMT>
 __device__ __forceinline__ void stage_qkv(const DecodeParams &p, const DevLayer &w, int layer, int pos, float *xs, float *red, int *fin,
-                          float *fscratch) {
+                          float *fscratch, bool finish) {
     const Dims &d = p.d;
     rmsnorm_block(xs, w.in_norm, d.H, d.eps, red);
     MapPairs map{w.wqkv, xs, d.NQKV, d.H};
@@ -39,6 +41,7 @@ __device__ __forceinline__ void stage_qkv(const DecodeParams &p, const DevLayer 
             qkv[2 * it] = ra;
             if (2 * it + 1 < N) qkv[2 * it + 1] = rb;
         });
+    if (!finish) return;
     // Tickets: the block that completes a head's D rows finishes that head. The CTA barrier orders
     // every warp's stores before thread 0's fence and atomic.
     const int r0 = 2 * range_begin(map.items()), r1 = min(2 * range_end(map.items()), d.NQKV);
@@ -126,11 +129,13 @@ struct Step {
     __device__ __forceinline__ MapSplit map_down(int l) const { return MapSplit(p.layers[l].wd, xs, d.H, d.I, p.down_split); }
     __device__ __forceinline__ MapPairs map_head() const { return MapPairs{p.lm_head, xs, d.V, d.H}; }
 
-    __device__ __forceinline__ void qkv(int l) {
+    // With the attention stage in the same launch, the heads are finished there (fused): the blocks
+    // of a kv head finish its q heads, the one with the last chunk also its K and V.
+    __device__ __forceinline__ void qkv(int l, bool fused) {
         gather(p.dbg && l > 0 && pend ? p.dbg + ((size_t)(l - 1) * 2 + 1) * d.H : NULL);
-        stage_qkv<FMT>(p, p.layers[l], l, pos, xs, red, fin, fscratch);
+        stage_qkv<FMT>(p, p.layers[l], l, pos, xs, red, fin, fscratch, !fused);
     }
-    __device__ __forceinline__ void attention(int l) { stage_attention<HP, FMT>(p, l, pos, sm); }
+    __device__ __forceinline__ void attention(int l, bool fused) { stage_attention<HP, FMT>(p, l, pos, sm, fused ? fscratch : NULL); }
     __device__ __forceinline__ void wo(int l) {
         for (int i = threadIdx.x; i < d.QD; i += NT) xs[i] = __ldcg(p.o + i);
         __syncthreads();
@@ -229,9 +234,10 @@ __global__ void __launch_bounds__(NT, 1) kernel_decode(const __grid_constant__ D
     Step<HP, FMT> st(p, (float *)smem4);
     const bool whole = p.stages == ST_ALL && p.l0 == 0 && p.l1 == p.d.L && (p.flags & F_PREFETCH);
     if (whole) prefetch_first(st.map_qkv(0));
+    const bool fused = (p.stages & ST_QKV) && (p.stages & ST_ATT);
     for (int l = p.l0; l < p.l1; l++) {
-        if (p.stages & ST_QKV) st.qkv(l), st.sync();
-        if (p.stages & ST_ATT) st.attention(l), st.sync();  // a prefetch here would queue ahead of K and V
+        if (p.stages & ST_QKV) st.qkv(l, fused), st.sync();
+        if (p.stages & ST_ATT) st.attention(l, fused), st.sync();  // a prefetch here would queue ahead of K and V
         if (p.stages & ST_WO) {
             if (whole) prefetch_first(st.map_wo(l));  // before the o reload
             st.wo(l);
