@@ -3,18 +3,18 @@
 //
 // Decode (one token) is kernel_decode: one cooperative launch per token that runs every layer, its
 // stages separated by a grid barrier (grid = SMs x occupancy, 512 threads a block):
-//   QKV   residual (+ pending slot sums) -> RMSNorm -> GEMV over the rows of [Wq;Wk;Wv] (+ bias); the
-//         last block to finish a head applies q_norm/k_norm and RoPE and writes q, or K/V into the
-//         cache in its format
+//   QKV   residual (+ pending slot sums) -> RMSNorm -> GEMV over the rows of [Wq;Wk;Wv]
 //   ATT   units of (kv head, KV chunk), each serving every q head of its GQA group, so K and V are read
-//         once and unpacked in registers; fp32 online softmax; the last unit of a kv head merges the
-//         chunks by log-sum-exp in chunk order
+//         once and unpacked in registers; a unit first finishes its heads (bias, q_norm/k_norm, RoPE;
+//         the last chunk's unit writes K/V into the cache in its format); fp32 online softmax; the
+//         last unit of a kv head merges the chunks by log-sum-exp in chunk order
 //   WO    o_proj with its reduction split into wo_split slices, one slot each
 //   MLP   residual += slots in slot order (+ o bias); RMSNorm; gate/up GEMV; SiLU(gate) * up
 //   DOWN  down_proj into slots; the next stage adds them in slot order
 // then final RMSNorm + lm_head with a per-block argmax, and (greedy) a last barrier for the pick.
 // Prefill (a chunk of tokens) runs cuBLAS bf16 GEMMs on activations split into bf16 hi + lo parts (so
-// the products keep ~16 mantissa bits) and kernel_attn_prefill, a tiled causal attention in fp32.
+// the products keep ~16 mantissa bits) and a tiled causal attention: on tensor cores for f16 and bf16
+// caches (q and the softmax weights split the same way), in fp32 otherwise.
 // Nothing is summed with atomics: a run repeats bit for bit for a given grid size and wo_split.
 //
 // The kernels live in gpu/, one concern a header, included here in decode order into this one
