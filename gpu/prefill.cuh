@@ -206,8 +206,8 @@ static size_t attn_prefill_smem(int D) { return sizeof(float) * ((size_t)PQ * (D
 // accumulation. K and V enter as stored (the cache's own 16-bit type, wide channels added in fp32);
 // q and the softmax weights enter as a 16-bit high part and the 16-bit remainder, both multiplied, so
 // they keep ~22 (f16) or ~16 (bf16) bits, as the GEMMs' hi/lo operands do. A group of 4 warps takes
-// every G-th key tile (G = blockDim.x / 128: 2 when the blocks are too few to give every SM two, so
-// that each SM still has 8 warps to hide the mma latency), its warp w queries 16w .. 16w + 15; the
+// every G-th key tile (G = blockDim.x / 128: 2 when there are no more blocks than SMs, so that each
+// SM still has 8 warps to hide the mma latency), its warp w queries 16w .. 16w + 15; the
 // groups' results are merged in a fixed order at the end. Each group copies its next K and V tiles
 // into shared memory (cp.async) during this one.
 #define MQ 64
