@@ -400,25 +400,30 @@ static void call_hook(CudaEngine *c, int layer, int stage, int T) {
     c->hook(c->hook_ctx, layer, stage, c->h_x, T);
 }
 
+// The kinds of launches of run_layers: every one for a forward, or one kind alone to time it.
+enum { LAUNCH_GEMM = 1, LAUNCH_ATT = 2, LAUNCH_NORM = 4, LAUNCH_SILU = 8, LAUNCH_ALL = 15 };
+
 // Every layer over the T rows of a (their embeddings in a.x), through cuBLAS: the prefill of a chunk
 // of one sequence (kv its cache, positions pos..), or (rows) one token of each sequence of the batch.
-// Ends with the final norm's output as GEMM operands in a.hi.
-static void run_layers(CudaEngine *c, const Acts &a, int T, const KVCache &kv, int pos, int rows) {
+// Ends with the final norm's output as GEMM operands in a.hi. kinds: which launches (LAUNCH_*).
+static void run_layers(CudaEngine *c, const Acts &a, int T, const KVCache &kv, int pos, int rows, int kinds) {
     const Dims &d = c->d;
-    launch_add_norm(c, a, NULL, NULL, c->h_layers[0].in_norm, T);
+    const bool mm = kinds & LAUNCH_GEMM, att = kinds & LAUNCH_ATT, norm = kinds & LAUNCH_NORM, silu = kinds & LAUNCH_SILU;
+    const bool hook = c->hook && !rows && kinds == LAUNCH_ALL;
+    if (norm) launch_add_norm(c, a, NULL, NULL, c->h_layers[0].in_norm, T);
     for (int l = 0; l < d.L; l++) {
         const DevLayer &w = c->h_layers[l];
-        gemm_rows(c, w.wqkv, d.NQKV, d.H, a.hi, T, a.raw, "cublasGemmEx (qkv_proj)");
-        if (rows) launch_attn_rows(c, l);  // finishes the heads it reads
-        else launch_qkv_finish(c, a, kv, l, pos, T), launch_attn_prefill(c, a, kv, l, pos, T);
-        gemm_rows(c, w.wo, d.H, d.QD, a.hi, T, a.proj, "cublasGemmEx (o_proj)");
-        launch_add_norm(c, a, a.proj, w.bo, w.post_norm, T);
-        if (c->hook && !rows) call_hook(c, l, 0, T);
-        gemm_rows(c, w.wgu, 2 * d.I, d.H, a.hi, T, a.raw, "cublasGemmEx (gate_up_proj)");
-        launch_silu(c, a, T);
-        gemm_rows(c, w.wd, d.H, d.I, a.hi, T, a.proj, "cublasGemmEx (down_proj)");
-        launch_add_norm(c, a, a.proj, NULL, l + 1 < d.L ? c->h_layers[l + 1].in_norm : c->b.final_norm, T);
-        if (c->hook && !rows) call_hook(c, l, 1, T);
+        if (mm) gemm_rows(c, w.wqkv, d.NQKV, d.H, a.hi, T, a.raw, "cublasGemmEx (qkv_proj)");
+        if (att && rows) launch_attn_rows(c, l);  // finishes the heads it reads
+        else if (att) launch_qkv_finish(c, a, kv, l, pos, T), launch_attn_prefill(c, a, kv, l, pos, T);
+        if (mm) gemm_rows(c, w.wo, d.H, d.QD, a.hi, T, a.proj, "cublasGemmEx (o_proj)");
+        if (norm) launch_add_norm(c, a, a.proj, w.bo, w.post_norm, T);
+        if (hook) call_hook(c, l, 0, T);
+        if (mm) gemm_rows(c, w.wgu, 2 * d.I, d.H, a.hi, T, a.raw, "cublasGemmEx (gate_up_proj)");
+        if (silu) launch_silu(c, a, T);
+        if (mm) gemm_rows(c, w.wd, d.H, d.I, a.hi, T, a.proj, "cublasGemmEx (down_proj)");
+        if (norm) launch_add_norm(c, a, a.proj, NULL, l + 1 < d.L ? c->h_layers[l + 1].in_norm : c->b.final_norm, T);
+        if (hook) call_hook(c, l, 1, T);
     }
 }
 
@@ -431,7 +436,7 @@ static void prefill_chunk(CudaEngine *c, const KVCache &kv, const int *ids, int 
     CUDA_CHECK(cudaMemcpyAsync(a.ids, ids, (size_t)T * sizeof(int), cudaMemcpyHostToDevice, c->st), "prompt ids copy");
     kernel_embed<<<T, 256, 0, c->st>>>(c->b.embed, a.ids, d.H, a.x);
     LAUNCH_CHECK("kernel_embed");
-    run_layers(c, a, T, kv, pos, 0);
+    run_layers(c, a, T, kv, pos, 0, LAUNCH_ALL);
     if (out || keep) {
         int rows = all ? T : 1;  // every row, or the last one with its lo part T rows after it
         if (all) gemm_rows(c, c->b.lm_head, d.V, d.H, a.hi, T, a.logits, "cublasGemmEx (lm_head)");
@@ -541,7 +546,7 @@ static void rows_step(CudaEngine *c) {
     const Dims &d = c->d;
     kernel_embed<<<c->n_seqs, 256, 0, c->st>>>(c->b.embed, c->row_state, d.H, c->rows.x);
     LAUNCH_CHECK("kernel_embed");
-    run_layers(c, c->rows, c->n_seqs, c->b.kv, 0, 1);
+    run_layers(c, c->rows, c->n_seqs, c->b.kv, 0, 1, LAUNCH_ALL);
     gemm_rows(c, c->b.lm_head, d.V, d.H, c->rows.hi, c->n_seqs, c->rows.logits, "cublasGemmEx (lm_head)");
     launch_add_halves(c, c->rows.logits, (size_t)c->n_seqs * d.V);
 }
@@ -1282,8 +1287,9 @@ extern "C" double cuda_engine_time(Engine *e, void (*fn)(void *ctx), void *ctx) 
     return ms / 1e3;
 }
 
-// One kind of the step's launches alone, as rows_step runs them: 1 the GEMMs, 2 the attention (with the
-// QKV heads' finish), 3 the residual adds and norms, 4 SiLU, 5 the ranking of every row.
+// One kind of the step's launches alone, as rows_step runs them: 1 the GEMMs (lm_head's too), 2 the
+// attention (with the QKV heads' finish), 3 the residual adds and norms, 4 SiLU (run_layers' kinds
+// 1 << (part - 1)), 5 the ranking of every row.
 static void rows_part(CudaEngine *c, int part) {
     const Dims &d = c->d;
     const Acts &a = c->rows;
@@ -1293,19 +1299,8 @@ static void rows_part(CudaEngine *c, int part) {
         kernel_top_merge<<<dim3(1, M), TOP_THREADS, 0, c->st>>>(a.logits, c->rank_rows, d.V, c->row_kept, c->row_bad, c->top_slices, c->row_top);
         return;
     }
-    for (int l = 0; l < d.L; l++) {
-        const DevLayer &w = c->h_layers[l];
-        if (part == 1) {
-            gemm_rows(c, w.wqkv, d.NQKV, d.H, a.hi, M, a.raw, "cublasGemmEx (qkv_proj)");
-            gemm_rows(c, w.wo, d.H, d.QD, a.hi, M, a.proj, "cublasGemmEx (o_proj)");
-            gemm_rows(c, w.wgu, 2 * d.I, d.H, a.hi, M, a.raw, "cublasGemmEx (gate_up_proj)");
-            gemm_rows(c, w.wd, d.H, d.I, a.hi, M, a.proj, "cublasGemmEx (down_proj)");
-            if (l + 1 == d.L) gemm_rows(c, c->b.lm_head, d.V, d.H, a.hi, M, a.logits, "cublasGemmEx (lm_head)");
-        }
-        if (part == 2) launch_attn_rows(c, l);
-        if (part == 3) launch_add_norm(c, a, a.proj, w.bo, w.post_norm, M), launch_add_norm(c, a, a.proj, NULL, w.in_norm, M);
-        if (part == 4) launch_silu(c, a, M);
-    }
+    run_layers(c, a, M, c->b.kv, 0, 1, 1 << (part - 1));
+    if (part == 1) gemm_rows(c, c->b.lm_head, d.V, d.H, a.hi, M, a.logits, "cublasGemmEx (lm_head)");
 }
 
 extern "C" void cuda_engine_rows_times(Engine *e, int reps, double ms[ROWS_TIMES]) {
