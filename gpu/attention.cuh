@@ -231,13 +231,28 @@ __device__ __host__ inline void att_chunks(int n, int att_S, int *CL, int *n_chu
     *n_chunks = (n + cl - 1) / cl;
 }
 
+// The heads a block attending for kv head g needs, finished from the QKV projections (finish_head's
+// raw and raw_lo), a warp a head: the group's q heads into q (every block of the kv head computes the
+// same bits) and, with_kv (the block that reads position pos), K and V into the cache before it reads
+// them. scratch: [WARPS][D] floats of shared memory. Ends with a CTA barrier.
+template <int FMT, int WARPS>
+__device__ void finish_unit_heads(const DecodeParams &p, const KVCache &kv, const float *raw, const float *raw_lo, int g, bool with_kv,
+                                  int layer, int pos, float *q, float *scratch) {
+    const Dims &d = p.d;
+    const int warp = threadIdx.x >> 5, n_heads = d.gs + (with_kv ? 2 : 0);
+    for (int k = warp; k < n_heads; k += WARPS) {  // q heads, then k and v
+        const int h = k < d.gs ? g * d.gs + k : k == d.gs ? d.Hq + g : d.Hq + d.Hkv + g;
+        finish_head<FMT>(d, p.layers[layer], p.inv_freq, kv, raw, raw_lo, h, layer, pos, q, scratch + warp * d.D);
+    }
+    __syncthreads();  // q, K and V are written
+}
+
 // Every unit of this block, in the format FMT (a kernel_decode instance of its own). bf16 has no
 // wide channels (kv.c), nor has kv4h on the GPU (the engine refuses such models); the other formats
 // add theirs when the model has some. kv4h's rows are rotated: so is q (finish_head), and the
 // output, whose rotation o_proj's weights undo (folded in at upload).
 // fscratch ([NW][D] floats of shared memory, or NULL): first finish the unit's heads from the QKV
-// projections in p.qkv (finish_head): the group's q heads (every block of the kv head alike: the same
-// bits), and in the block with the last chunk the new K and V, written at pos before it reads them.
+// projections in p.qkv (finish_unit_heads; the last chunk's unit also K and V).
 template <int HP, int FMT>
 __device__ void stage_attention(const DecodeParams &p, int layer, int pos, float *sm, float *fscratch) {
     const Dims &d = p.d;
@@ -246,14 +261,7 @@ __device__ void stage_attention(const DecodeParams &p, int layer, int pos, float
     int units = d.Hkv * nc;
     for (int u = blockIdx.x; u < units; u += gridDim.x) {
         const int g = u / nc, c = u % nc;
-        if (fscratch) {
-            const int warp = threadIdx.x >> 5, n_heads = d.gs + (c == nc - 1 ? 2 : 0);
-            for (int k = warp; k < n_heads; k += NW) {  // q heads, then k and v
-                const int h = k < d.gs ? g * d.gs + k : k == d.gs ? d.Hq + g : d.Hq + d.Hkv + g;
-                finish_head<FMT>(d, p.layers[layer], p.inv_freq, p.kv, p.qkv, NULL, h, layer, pos, p.q, fscratch + warp * d.D);
-            }
-            __syncthreads();  // q, K and V are written
-        }
+        if (fscratch) finish_unit_heads<FMT, NW>(p, p.kv, p.qkv, NULL, g, c == nc - 1, layer, pos, p.q, fscratch);
         attention_unit<HP, Codecs<FMT>::k, Codecs<FMT>::v, FMT != KV_BF16 && FMT != KV_KV4H>(p, layer, g, c, CL, pos + 1, nc, sm);
     }
 }
@@ -300,13 +308,8 @@ __global__ void __launch_bounds__(WARPS * 32, NW / WARPS) kernel_attn_rows(const
     pr.att_S = ROWS_CHUNKS;
     const int b = blockIdx.x % per_head;
     if (b >= nc) return;
-    const int warp = threadIdx.x >> 5, n_heads = d.gs + (b == (nc - 1) % per_head ? 2 : 0);
-    for (int k = warp; k < n_heads; k += WARPS) {  // q heads, then k and v
-        const int h = k < d.gs ? g * d.gs + k : k == d.gs ? d.Hq + g : d.Hq + d.Hkv + g;
-        finish_head<FMT>(d, p.layers[layer], p.inv_freq, pr.kv, p.qkv + (size_t)r * d.NQKV, p.qkv + (size_t)(M + r) * d.NQKV, h, layer,
-                         pos, pr.q, (float *)smem_rows + warp * d.D);
-    }
-    __syncthreads();  // q, K and V are written
+    finish_unit_heads<FMT, WARPS>(p, pr.kv, p.qkv + (size_t)r * d.NQKV, p.qkv + (size_t)(M + r) * d.NQKV, g, b == (nc - 1) % per_head, layer,
+                                  pos, pr.q, (float *)smem_rows);
     for (int ci = b; ci < nc; ci += per_head) {
         if (!attention_unit<HP, Codecs<FMT>::k, Codecs<FMT>::v, FMT != KV_BF16 && FMT != KV_KV4H, WARPS>(pr, layer, g, ci, CL, n, nc,
                                                                                                     (float *)smem_rows))
