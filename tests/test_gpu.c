@@ -37,6 +37,11 @@ static double now_s(void) {
     return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
+// The tests' pseudo-random numbers: a 32-bit LCG (Numerical Recipes' constants), its next state, and
+// that state's top 24 bits as a float in [0, 1).
+static uint32_t lcg(uint32_t *r) { return *r = *r * 1664525u + 1013904223u; }
+static float lcg_unit(uint32_t *r) { return (float)(lcg(r) >> 8) / 16777216.0f; }
+
 // max |got - want| / max |want| over n values; NaN gives infinity.
 static double rel_diff(const float *got, const float *want, size_t n) {
     double d = 0, w = 0;
@@ -154,8 +159,7 @@ static void test_kv_store(const char *name, Engine *e, const KVCache *ref_shape,
     float *rows = xmalloc((size_t)T * 2 * Hkv * D * 4);
     uint32_t r = 4242;
     for (size_t i = 0; i < (size_t)T * 2 * Hkv * D; i++) {
-        r = r * 1664525u + 1013904223u;
-        float u = (float)(r >> 8) / 16777216.0f - 0.5f;
+        float u = lcg_unit(&r) - 0.5f;
         rows[i] = i % 97 == 0 ? 0.0f : i % 89 == 0 ? 0.5f : u * 6;
     }
     for (size_t i = (size_t)3 * Hkv * D; T > 1 && i < (size_t)4 * Hkv * D; i++) rows[i] = -0.0f;  // token 1's V rows: all zero
@@ -313,13 +317,13 @@ static void test_attention_depth(const char *name, const Model *m, KVFormat kvf)
     for (int part = 0; part < 2; part++)
         for (int h = 0; h < c->n_kv_heads; h++)
             for (int j = 0; j < n; j++) {
-                for (int i = 0; i < D; i++) row[i] = 4.0f * ((r = r * 1664525u + 1013904223u) >> 8) / (1 << 24) - 2.0f;
+                for (int i = 0; i < D; i++) row[i] = 4.0f * lcg_unit(&r) - 2.0f;
                 const int16_t *w = kv_part_wide(&kv, part) ? kv_wide_at(&kv, part, l, h) : NULL;
                 for (int k = 0; w && k < n_wide; k++)
                     if (w[k] >= 0) row[w[k]] = (k & 1 ? -300.0f : 600.0f) + row[w[k]];
                 kv_write(&kv, part, l, h, j, row);
             }
-    for (int i = 0; i < T * QD; i++) q[i] = 2.0f * ((r = r * 1664525u + 1013904223u) >> 8) / (1 << 24) - 1.0f;
+    for (int i = 0; i < T * QD; i++) q[i] = 2.0f * lcg_unit(&r) - 1.0f;
     RefState *s = ref_create(m, T, n);
     memcpy(s->q, q, (size_t)T * QD * 4);
     ref_attention(s, c, &kv, l, T, p0);
@@ -357,7 +361,7 @@ static void test_forwards(const char *name, const Model *m, const Model *orig, c
     int *ids = xmalloc((size_t)N * sizeof(int));
     memcpy(ids, g->prompt, (size_t)n * sizeof(int));
     uint32_t r = 12345;
-    for (int i = n; i < N; i++) r = r * 1664525u + 1013904223u, ids[i] = (int)((r >> 8) % (uint32_t)V);
+    for (int i = n; i < N; i++) ids[i] = (int)((lcg(&r) >> 8) % (uint32_t)V);
     float *ref = xmalloc((size_t)N * V * 4), *gp = xmalloc((size_t)N * V * 4), *gd = xmalloc((size_t)N * V * 4),
           *gd2 = xmalloc((size_t)N * V * 4);
     int16_t *wide;
@@ -679,11 +683,14 @@ static void test_seqs(const char *name, const Model *m, const int *prompt, int n
     uint32_t r = 777;
     lens[0] = SEQ_X_PROMPT;  // the fixture's prompt, then random ids
     prompts[0] = xmalloc(SEQ_X_PROMPT * sizeof(int));
-    for (int i = 0; i < SEQ_X_PROMPT; i++) r = r * 1664525u + 1013904223u, prompts[0][i] = i < n_prompt ? prompt[i] : (int)((r >> 8) % (uint32_t)V);
+    for (int i = 0; i < SEQ_X_PROMPT; i++) {
+        uint32_t x = lcg(&r);  // drawn for every position, the prompt's too
+        prompts[0][i] = i < n_prompt ? prompt[i] : (int)((x >> 8) % (uint32_t)V);
+    }
     for (int k = 1; k < SEQ_ROWS; k++) {
         lens[k] = 1 + (k * 13) % 40;
         prompts[k] = xmalloc(40 * sizeof(int));
-        for (int i = 0; i < lens[k]; i++) r = r * 1664525u + 1013904223u, prompts[k][i] = (int)((r >> 8) % (uint32_t)V);
+        for (int i = 0; i < lens[k]; i++) prompts[k][i] = (int)((lcg(&r) >> 8) % (uint32_t)V);
     }
     // The runs: X's row and the company it keeps.
     enum { RUNS = 4 };
@@ -920,7 +927,7 @@ static void bench(const char *dir, double copy_bw) {
     }
     int *ids = xmalloc((size_t)cap * sizeof(int));
     uint32_t r = 777;
-    for (int i = 0; i < cap; i++) r = r * 1664525u + 1013904223u, ids[i] = (int)((r >> 8) % (uint32_t)(V < 150000 ? V : 150000));
+    for (int i = 0; i < cap; i++) ids[i] = (int)((lcg(&r) >> 8) % (uint32_t)(V < 150000 ? V : 150000));
     float *lg = xmalloc((size_t)V * 4);
     double wbytes, kvpos;
     cuda_engine_bytes(e, &wbytes, &kvpos);
@@ -1008,7 +1015,7 @@ static void bench_kv(const char *dir, double copy_bw) {
     int V = m.cfg.vocab, steps = 128, depths[] = {4096, 32768}, cap = 32768 + steps + 8;
     int *ids = xmalloc((size_t)cap * sizeof(int));
     uint32_t r = 777;
-    for (int i = 0; i < cap; i++) r = r * 1664525u + 1013904223u, ids[i] = (int)((r >> 8) % (uint32_t)(V < 150000 ? V : 150000));
+    for (int i = 0; i < cap; i++) ids[i] = (int)((lcg(&r) >> 8) % (uint32_t)(V < 150000 ? V : 150000));
     const char *name = strrchr(dir, '/') ? strrchr(dir, '/') + 1 : dir;
     for (int f = 0; f < KV_N_FORMATS; f++) {
         if (!kv_formats[f].gpu) continue;
